@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# The virtual environment is reused while pyproject.toml is unchanged, rebuilt when not;
+# Kafka's jars are cached outside the repository by `driftline stack up`.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install stack-up stack-down lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+stack-up: install
+	$(BIN)/driftline stack up
+
+stack-down: install
+	$(BIN)/driftline stack down
+
+demo: stack-up
+	$(BIN)/driftline demo
+
+lint: install
+	$(BIN)/ruff check .
+
+test: stack-up lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The Faust stream worker: its app and the agents of each pipeline."""

@@ -1,0 +1,142 @@
+"""The ``driftline`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import uuid
+
+from driftline.config import Settings
+
+
+def _stack(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.stack import LocalStack, StackError
+
+    stack = LocalStack(settings)
+    try:
+        if args.action == "up":
+            stack.up()
+        elif args.action == "down":
+            stack.down()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for status in stack.status():
+        print(status.line())
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.kafka_admin import ensure_pipeline_topics
+
+    for pipeline in args.pipeline:
+        topics = ensure_pipeline_topics(settings, pipeline)
+        for name, n in topics.partitions(settings.partitions).items():
+            print(f"{name}\t{n} partition(s)")
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+
+    from agents.app import create_app
+    from driftline.kafka_admin import ensure_pipeline_topics
+
+    for pipeline in args.pipeline:
+        ensure_pipeline_topics(settings, pipeline)
+    app = create_app(settings, args.pipeline)
+    worker = faust.Worker(app, loglevel=settings.log_level)
+    worker.execute_from_commandline()
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from serving.app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    web.run_app(create_app(settings), host=args.host or settings.api_host,
+                port=args.port or settings.api_port, access_log=None)
+    return 0
+
+
+def _produce(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.kafka_admin import ensure_pipeline_topics
+    from driftline.producer import produce
+    from streams.generator import FraudGenerator, FraudStreamConfig
+
+    if args.pipeline != "fraud":
+        print(f"error: no generator for pipeline {args.pipeline!r}", file=sys.stderr)
+        return 2
+    ensure_pipeline_topics(settings, args.pipeline)
+    config = FraudStreamConfig(events=args.events, events_per_second=args.rate,
+                               label_delay=args.label_delay, seed=args.seed,
+                               start_time=time.time(),
+                               run_id=args.run_id or uuid.uuid4().hex[:8])
+    report = produce(settings, args.pipeline, FraudGenerator(config).emissions(),
+                     speed=None if args.no_pace else 1.0,
+                     malformed_every=args.malformed_every,
+                     on_progress=lambda r: print(f"sent {r.events} events, {r.labels} labels "
+                                                 f"({r.events_per_second:.0f} events/s)",
+                                                 flush=True))
+    print(f"done: {report.events} events, {report.labels} labels, {report.malformed} malformed "
+          f"in {report.seconds:.1f}s ({report.events_per_second:.0f} events/s)")
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.demo import run_demo
+
+    return run_demo(settings, pipeline=args.pipeline, seconds=args.seconds, rate=args.rate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="the local Kafka broker and Redis server")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=_stack)
+
+    p = sub.add_parser("topics", help="create a pipeline's topics")
+    p.add_argument("pipeline", nargs="*", default=["fraud"])
+    p.set_defaults(func=_topics)
+
+    p = sub.add_parser("worker", help="run the Faust stream worker")
+    p.add_argument("--pipeline", action="append", default=None)
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("serve", help="run the scoring API")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("produce", help="send a synthetic stream to Kafka")
+    p.add_argument("pipeline", choices=["fraud"])
+    p.add_argument("--rate", type=float, default=200.0, help="events per second")
+    p.add_argument("--events", type=int, default=10_000)
+    p.add_argument("--label-delay", type=float, default=5.0, help="seconds, plus jitter")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--run-id", help="prefix of event ids (random by default)")
+    p.add_argument("--malformed-every", type=int, default=0,
+                   help="send a malformed event after every K-th event")
+    p.add_argument("--no-pace", action="store_true", help="send as fast as possible")
+    p.set_defaults(func=_produce)
+
+    p = sub.add_parser("demo", help="run the whole pipeline for about a minute")
+    p.add_argument("--pipeline", default="fraud")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--rate", type=float, default=200.0)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "pipeline", None) is None and args.command == "worker":
+        args.pipeline = ["fraud"]
+    sys.exit(args.func(args, Settings.from_env()))

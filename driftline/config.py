@@ -1,0 +1,132 @@
+"""The one configuration object, read from the environment.
+
+Every setting has a documented default so that a fresh machine runs with no
+configuration at all; each is overridden by the ``DRIFTLINE_*`` variable named
+in its comment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the local stack keeps its data, logs and pid files (DRIFTLINE_DATA_DIR).
+    data_dir: Path = _REPO_ROOT / ".driftline"
+    # Where resolved Kafka jars are cached, outside the repository (DRIFTLINE_CACHE_DIR).
+    cache_dir: Path = Path.home() / ".cache" / "driftline"
+    # Apache Kafka version whose jars are resolved from Maven Central (DRIFTLINE_KAFKA_VERSION).
+    kafka_version: str = "3.9.1"
+    # Loopback ports of the local stack (DRIFTLINE_KAFKA_PORT, _CONTROLLER_PORT, _REDIS_PORT).
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    redis_port: int = 6379
+    # Heap of the local broker's JVM (DRIFTLINE_KAFKA_HEAP).
+    kafka_heap: str = "512m"
+    # Where clients find Kafka and Redis; default to the local stack (DRIFTLINE_KAFKA_BOOTSTRAP,
+    # DRIFTLINE_REDIS_URL).
+    kafka_bootstrap: str = ""
+    redis_url: str = ""
+    # Prefix of every topic, Redis key and consumer group, so that several deployments (or
+    # test runs) can share one broker and one Redis; empty means none (DRIFTLINE_NAMESPACE).
+    namespace: str = ""
+    # Partitions of the keyed topics (events, labels, predictions, the join); the training
+    # topic always has one, because one learner must see every label (DRIFTLINE_PARTITIONS).
+    partitions: int = 4
+    # The stream worker's HTTP port, which serves its /metrics (DRIFTLINE_WORKER_PORT).
+    worker_port: int = 6066
+    # The scoring API (DRIFTLINE_API_HOST, DRIFTLINE_API_PORT).
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    # A model snapshot is published every N learned labels or T seconds, whichever comes
+    # first (DRIFTLINE_SNAPSHOT_EVERY, DRIFTLINE_SNAPSHOT_SECONDS).
+    snapshot_every: int = 200
+    snapshot_seconds: float = 2.0
+    # How often scoring processes look for a newer snapshot (DRIFTLINE_MODEL_REFRESH_SECONDS).
+    model_refresh_seconds: float = 0.5
+    # A snapshot waits this long (event time) for its label before it is dropped
+    # (DRIFTLINE_LABEL_DELAY_BOUND_SECONDS).
+    label_delay_bound_seconds: float = 3600.0
+    # Window of the rolling prequential metrics, in labels (DRIFTLINE_METRIC_WINDOW).
+    metric_window: int = 2000
+    # Log level of the services (DRIFTLINE_LOG_LEVEL).
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.kafka_bootstrap:
+            object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
+        if not self.redis_url:
+            object.__setattr__(self, "redis_url", f"redis://127.0.0.1:{self.redis_port}/0")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Build the settings from ``DRIFTLINE_*`` variables over the defaults.
+
+        >>> Settings.from_env({"DRIFTLINE_PARTITIONS": "2"}).partitions
+        2
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_NAMES.get(f.name, "DRIFTLINE_" + f.name.upper()))
+            if raw is None:
+                continue
+            default = getattr(cls, f.name, None)
+            if isinstance(default, Path):
+                values[f.name] = Path(raw).expanduser()
+            elif isinstance(default, bool):
+                values[f.name] = raw.lower() in {"1", "true", "yes"}
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = raw
+        return cls(**values)
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some settings changed; derived addresses are recomputed."""
+        derived = {}
+        if "kafka_port" in changes and "kafka_bootstrap" not in changes:
+            derived["kafka_bootstrap"] = ""
+        if "redis_port" in changes and "redis_url" not in changes:
+            derived["redis_url"] = ""
+        return replace(self, **{**derived, **changes})
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that reproduce these settings in a child process."""
+        out = {}
+        for f in fields(self):
+            out[ENV_NAMES.get(f.name, "DRIFTLINE_" + f.name.upper())] = str(getattr(self, f.name))
+        return out
+
+    # Names derived from the namespace, so that nothing else builds them by hand.
+    def prefixed(self, name: str) -> str:
+        """``name`` inside this deployment's namespace (topics, groups, keys)."""
+        return f"{self.namespace}.{name}" if self.namespace else name
+
+    @property
+    def app_id(self) -> str:
+        """The Faust application id: its consumer group and changelog topic prefix."""
+        return self.prefixed("driftline-worker")
+
+    @property
+    def redis_prefix(self) -> str:
+        return f"driftline:{self.namespace}:" if self.namespace else "driftline:"
+
+
+ENV_NAMES = {
+    "kafka_controller_port": "DRIFTLINE_CONTROLLER_PORT",
+    "worker_port": "DRIFTLINE_WORKER_PORT",
+    "model_refresh_seconds": "DRIFTLINE_MODEL_REFRESH_SECONDS",
+    "label_delay_bound_seconds": "DRIFTLINE_LABEL_DELAY_BOUND_SECONDS",
+}

@@ -1,0 +1,165 @@
+"""``driftline demo``: the whole fraud pipeline, live, for about a minute.
+
+It brings the local stack up, starts the worker and the API as child processes, streams
+synthetic transactions (with a few malformed ones) and their delayed labels through
+Kafka, prints progress every few seconds, then scores two hand-made cases through the
+API and prints a summary. The stack is left running; ``driftline stack down`` stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+import uuid
+
+from driftline.config import Settings
+from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.processes import api_process, worker_process
+from driftline.producer import ProduceReport, kafka_producer, produce
+from driftline.stack import LocalStack
+from monitoring.scrape import Scrape, scrape
+from streams.generator import FraudGenerator, FraudStreamConfig, probe_cases
+from streams.topics import PipelineTopics
+
+PROGRESS_EVERY = 5.0
+
+
+def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
+             rate: float = 200.0) -> int:
+    if pipeline != "fraud":
+        print(f"error: no demo for pipeline {pipeline!r} yet")
+        return 2
+    print("== Driftline demo: card-fraud scoring that learns from delayed labels ==", flush=True)
+    LocalStack(settings).up()
+    ensure_pipeline_topics(settings, pipeline)
+    logs = settings.data_dir / "logs"
+    worker = worker_process(settings, logs)
+    api = api_process(settings, logs)
+    print(f"starting the worker (log: {worker.log_path}) and the API (log: {api.log_path})",
+          flush=True)
+    worker.start()
+    api.start()
+    metrics_url = f"http://127.0.0.1:{settings.worker_port}/metrics"
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        return _stream_and_report(settings, pipeline, seconds, rate, metrics_url, api_url)
+    finally:
+        api.stop()
+        worker.stop()
+        print("worker and API stopped; the stack is still up (`driftline stack down` stops it)")
+
+
+def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: float,
+                       metrics_url: str, api_url: str) -> int:
+    run_id = uuid.uuid4().hex[:8]
+    config = FraudStreamConfig(events=int(seconds * rate), events_per_second=rate,
+                               start_time=time.time(), run_id=run_id)
+    report = ProduceReport()
+    done = threading.Event()
+
+    def producer() -> None:
+        nonlocal report
+        try:
+            report = produce(settings, pipeline, FraudGenerator(config).emissions(),
+                             speed=1.0, malformed_every=2_000)
+        finally:
+            done.set()
+
+    baseline = scrape(metrics_url)
+    print(f"streaming {config.events} transactions at {rate:.0f}/s, labels "
+          f"{config.label_delay:.0f}-{1.5 * config.label_delay:.0f}s later, "
+          "one malformed event in 2000", flush=True)
+    print(f"{'t':>5}  {'events/s':>8}  {'processed':>9}  {'dead':>4}  {'learned':>7}  "
+          f"{'ROC AUC':>7}  model", flush=True)
+    thread = threading.Thread(target=producer, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    last, last_t = baseline, started
+    drain_until = None
+    while True:
+        time.sleep(PROGRESS_EVERY)
+        now_s = scrape(metrics_url)
+        now_t = time.monotonic()
+        rate_now = (_processed(now_s, pipeline) - _processed(last, pipeline)) / (now_t - last_t)
+        _progress_line(now_t - started, rate_now, now_s, baseline, pipeline)
+        last, last_t = now_s, now_t
+        if done.is_set() and drain_until is None:
+            drain_until = now_t + 1.5 * config.label_delay + 5
+        learned = _delta(now_s, baseline, "driftline_labels_learned_total", pipeline)
+        if drain_until and (now_t >= drain_until or learned >= report.events):
+            break
+    thread.join()
+    time.sleep(settings.snapshot_seconds + 1)  # the last snapshot reaches Redis and the API
+
+    print("\n-- two cases scored through the API (POST /v1/score/fraud) --", flush=True)
+    cases = probe_cases(time.time(), run_id)
+    _send_histories(settings, pipeline, cases)
+    scores = {}
+    for name, case in cases.items():
+        body = _post(f"{api_url}/v1/score/{pipeline}", case.probe.model_dump())
+        scores[name] = body["probability"]
+        f = body["features"]
+        print(f"{name:>13}: probability {body['probability']:.3f} (model {body['model_version']};"
+              f" amount {f['amount']:.2f}, {f['count_1m']:.0f} txns in the last minute, "
+              f"{f['distinct_merchants_10m']:.0f} merchants in 10 min)", flush=True)
+
+    final = scrape(metrics_url)
+    auc = final.value("driftline_prequential_metric", pipeline=pipeline, metric="roc_auc")
+    fresh_n = _delta(final, baseline, "driftline_feature_freshness_seconds_count", pipeline)
+    fresh_s = _delta(final, baseline, "driftline_feature_freshness_seconds_sum", pipeline)
+    print("\n-- summary --")
+    print(f"produced     {report.events} events, {report.labels} labels, {report.malformed} "
+          f"malformed, at {report.events_per_second:.0f} events/s")
+    print(f"processed    {_processed(final, pipeline) - _processed(baseline, pipeline):.0f} "
+          f"events; dead-lettered {_dead(final, baseline, pipeline):.0f}")
+    print(f"learned      {_delta(final, baseline, 'driftline_labels_learned_total', pipeline):.0f}"
+          f" labels (predict first, then learn)")
+    print(f"rolling ROC AUC of the served scores: {auc:.3f} (last {settings.metric_window} "
+          "labels)")
+    if fresh_n:
+        print(f"freshness    mean {1000 * fresh_s / fresh_n:.1f} ms from production to features "
+              "in Redis")
+    ok = auc > 0.8 and scores["card_testing"] > scores["normal"]
+    print("result       " + ("OK: the pipeline learned to rank fraud" if ok
+                             else "NOT OK: the model did not learn well enough"))
+    return 0 if ok else 1
+
+
+def _processed(s: Scrape, pipeline: str) -> float:
+    return s.value("driftline_events_total", pipeline=pipeline, kind="event", outcome="ok")
+
+
+def _dead(now: Scrape, base: Scrape, pipeline: str) -> float:
+    return _delta(now, base, "driftline_deadletters_total", pipeline)
+
+
+def _delta(now: Scrape, base: Scrape, name: str, pipeline: str) -> float:
+    return now.value(name, pipeline=pipeline) - base.value(name, pipeline=pipeline)
+
+
+def _progress_line(t: float, rate: float, s: Scrape, base: Scrape, pipeline: str) -> None:
+    learned = _delta(s, base, "driftline_labels_learned_total", pipeline)
+    auc = s.value("driftline_prequential_metric", pipeline=pipeline, metric="roc_auc")
+    updates = s.value("driftline_model_updates", pipeline=pipeline)
+    processed = _processed(s, pipeline) - _processed(base, pipeline)
+    print(f"{t:5.0f}  {rate:8.0f}  {processed:9.0f}  {_dead(s, base, pipeline):4.0f}  "
+          f"{learned:7.0f}  {auc:7.3f}  v0.{updates:.0f}", flush=True)
+
+
+def _send_histories(settings: Settings, pipeline: str, cases) -> None:
+    topics = PipelineTopics.for_pipeline(pipeline, settings.namespace)
+    producer = kafka_producer(settings)
+    for case in cases.values():
+        for txn in case.history:
+            producer.produce(topics.events, key=txn.card_id, value=txn.to_json())
+    producer.flush(10)
+    time.sleep(3)  # the worker writes their features to Redis
+
+
+def _post(url: str, payload: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())

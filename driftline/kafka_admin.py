@@ -1,0 +1,40 @@
+"""Topic administration with confluent-kafka's AdminClient."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from driftline.config import Settings
+from streams.topics import PipelineTopics
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+
+
+def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 30.0) -> list[str]:
+    """Create each missing topic with its partition count; return the ones created.
+
+    An existing topic is left as it is (its partition count is not changed).
+    """
+    client = admin(settings)
+    existing = set(client.list_topics(timeout=timeout).topics)
+    missing = [NewTopic(name, num_partitions=n, replication_factor=1)
+               for name, n in topics.items() if name not in existing]
+    created = []
+    for name, fut in (client.create_topics(missing, request_timeout=timeout).items()
+                      if missing else []):
+        try:
+            fut.result(timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return created
+
+
+def ensure_pipeline_topics(settings: Settings, pipeline: str) -> PipelineTopics:
+    topics = PipelineTopics.for_pipeline(pipeline, settings.namespace)
+    ensure_topics(settings, topics.partitions(settings.partitions))
+    return topics

@@ -1,0 +1,83 @@
+"""Child processes of the demo and the integration tests: the worker and the API.
+
+Each runs ``python -m driftline ...`` with the settings passed as environment
+variables, logs to a file, and counts as started when its HTTP port answers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from driftline.config import Settings
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    args: list[str]
+    settings: Settings
+    ready_url: str
+    log_path: Path
+    proc: subprocess.Popen | None = field(default=None, init=False)
+
+    def start(self, timeout: float = 120.0) -> ServiceProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.to_env()}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "driftline", *self.args],
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; "
+                                   f"see {self.log_path}")
+            if http_ok(self.ready_url):
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (SIGKILL)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def worker_process(settings: Settings, log_dir: Path) -> ServiceProcess:
+    return ServiceProcess("worker", ["worker"], settings,
+                          f"http://127.0.0.1:{settings.worker_port}/healthz",
+                          log_dir / "worker.log")
+
+
+def api_process(settings: Settings, log_dir: Path) -> ServiceProcess:
+    return ServiceProcess("api", ["serve"], settings,
+                          f"http://{settings.api_host}:{settings.api_port}/healthz",
+                          log_dir / "api.log")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False

@@ -1,0 +1,133 @@
+"""Redis adapters shared by the worker and the API: the online feature store and the
+model snapshots. All Redis key names are built here and nowhere else.
+
+Model snapshots are pickled River models. Redis is an internal, trusted store on
+loopback (or a private network): never point ``DRIFTLINE_REDIS_URL`` at a Redis that
+untrusted clients can write to.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from driftline.config import Settings
+
+
+def connect(settings: Settings) -> aioredis.Redis:
+    """An asyncio Redis client for the configured URL (connections are made lazily)."""
+    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                   socket_connect_timeout=5, health_check_interval=30)
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    prefix: str
+    pipeline: str
+
+    def features(self, entity: str) -> str:
+        return f"{self.prefix}{self.pipeline}:features:{entity}"
+
+    @property
+    def model(self) -> str:
+        return f"{self.prefix}{self.pipeline}:model"
+
+    @property
+    def learner(self) -> str:
+        return f"{self.prefix}{self.pipeline}:learner"
+
+
+class FeatureStore:
+    """One hash per entity: its latest features (readable by anyone) and the window state
+    that lets the API compute a new event's features exactly as the worker would."""
+
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+        self.r = client
+        self.keys = keys
+
+    async def put(self, entity: str, features: dict[str, float], state: dict[str, Any],
+                  event_time: float) -> None:
+        mapping: dict[str, Any] = {k: repr(float(v)) for k, v in features.items()}
+        mapping["_event_time"] = repr(event_time)
+        mapping["_state"] = json.dumps(state, separators=(",", ":"))
+        mapping["_written_at"] = repr(time.time())
+        await self.r.hset(self.keys.features(entity), mapping=mapping)
+
+    async def get(self, entity: str) -> tuple[dict[str, float], dict[str, Any] | None]:
+        """The entity's latest features and window state (``{}, None`` when unknown)."""
+        raw = await self.r.hgetall(self.keys.features(entity))
+        if not raw:
+            return {}, None
+        features: dict[str, float] = {}
+        state = None
+        for k, v in raw.items():
+            name = k.decode()
+            if name == "_state":
+                state = json.loads(v)
+            elif not name.startswith("_"):
+                features[name] = float(v)
+        return features, state
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    model: Any
+    version: str
+    published_at: float
+
+
+class SnapshotStore:
+    """The latest model snapshot of a pipeline, written by its one learner."""
+
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+        self.r = client
+        self.keys = keys
+
+    async def publish(self, model: Any, version: str, *, only_if_absent: bool = False) -> bool:
+        """Store ``model`` as ``version``; with ``only_if_absent``, only when none exists."""
+        mapping = {"blob": pickle.dumps(model), "version": version,
+                   "published_at": repr(time.time())}
+        if only_if_absent:
+            # HSETNX on the version claims the key; the losers of a race write nothing.
+            if not await self.r.hsetnx(self.keys.model, "version", version):
+                return False
+        await self.r.hset(self.keys.model, mapping=mapping)
+        return True
+
+    async def version(self) -> str | None:
+        v = await self.r.hget(self.keys.model, "version")
+        return v.decode() if v is not None else None
+
+    async def load(self) -> ModelSnapshot | None:
+        blob, version, at = await self.r.hmget(self.keys.model, ["blob", "version", "published_at"])
+        if blob is None or version is None:
+            return None
+        return ModelSnapshot(pickle.loads(blob), version.decode(), float(at or 0))
+
+
+class LiveModel:
+    """The model a scoring process serves: swapped for a newer snapshot when one appears.
+
+    Scoring reads ``current`` and never waits for a load: :meth:`refresh` replaces the
+    whole snapshot object at once, so a request sees either the old or the new model.
+    """
+
+    def __init__(self, store: SnapshotStore) -> None:
+        self.store = store
+        self.current: ModelSnapshot | None = None
+
+    async def refresh(self) -> bool:
+        """Load the published snapshot if it is newer than ours; return whether it was."""
+        version = await self.store.version()
+        if version is None or (self.current and self.current.version == version):
+            return False
+        snap = await self.store.load()
+        if snap is None:
+            return False
+        self.current = snap
+        return True

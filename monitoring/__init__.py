@@ -1,0 +1,1 @@
+"""Prometheus metrics (and, later, drift detectors, dashboards and alert rules)."""

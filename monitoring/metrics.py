@@ -1,0 +1,76 @@
+"""Every Prometheus metric Driftline exports, defined once.
+
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms); each
+carries the pipeline as a label. The table in ARCHITECTURE.md lists them with their
+meaning.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# The _created series double the exposition for no use on a dashboard.
+disable_created_metrics()
+
+# ---- stream worker ------------------------------------------------------------------
+EVENTS = Counter("driftline_events_total",
+                 "Records consumed by the worker, by input kind and outcome",
+                 ["pipeline", "kind", "outcome"])  # kind: event|label; outcome: ok|deadletter
+DEADLETTERS = Counter("driftline_deadletters_total",
+                      "Records sent to the dead-letter topic, by reason",
+                      ["pipeline", "reason"])
+EVENT_SECONDS = Histogram("driftline_event_processing_seconds",
+                          "Time to validate, featurize, score and emit one event",
+                          ["pipeline"],
+                          buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
+FEATURE_FRESHNESS = Histogram("driftline_feature_freshness_seconds",
+                              "From an event's timestamp to its features written to Redis",
+                              ["pipeline"],
+                              buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+JOINED = Counter("driftline_training_examples_total",
+                 "Snapshots joined with their label and written to the training topic",
+                 ["pipeline"])
+JOIN_EXPIRED = Counter("driftline_join_expired_total",
+                       "Snapshots or labels dropped after the label-delay bound without a match",
+                       ["pipeline", "kind"])
+
+# ---- learner ------------------------------------------------------------------------
+LABELS_LEARNED = Counter("driftline_labels_learned_total",
+                         "Training examples applied to the online model", ["pipeline"])
+LABEL_DUPLICATES = Counter("driftline_label_duplicates_total",
+                           "Training examples skipped because their event was learned already",
+                           ["pipeline"])
+PREQUENTIAL = Gauge("driftline_prequential_metric",
+                    "Rolling prequential metric of the served model (predict, then learn)",
+                    ["pipeline", "metric"])
+MODEL_UPDATES = Gauge("driftline_model_updates",
+                      "Online updates of the learner's model since its registry revision",
+                      ["pipeline"])
+SNAPSHOTS = Counter("driftline_model_snapshots_total", "Model snapshots published",
+                    ["pipeline"])
+
+# ---- scoring (worker and API) --------------------------------------------------------
+MODEL_SWAPS = Counter("driftline_model_swaps_total",
+                      "Newer model snapshots loaded by a scoring process",
+                      ["pipeline", "process"])
+PREDICTIONS = Counter("driftline_predictions_total", "Scores served",
+                      ["pipeline", "process"])
+
+# ---- HTTP API -----------------------------------------------------------------------
+HTTP_REQUESTS = Counter("driftline_http_requests_total", "HTTP requests by route and status",
+                        ["route", "method", "status"])
+HTTP_SECONDS = Histogram("driftline_http_request_seconds", "HTTP request latency by route",
+                         ["route", "method"],
+                         buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The current metrics in Prometheus' text format, and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST

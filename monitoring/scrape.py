@@ -1,0 +1,25 @@
+"""Read a /metrics page back into numbers (for the demo's progress lines and tests)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+class Scrape(dict):
+    """Samples by name, each a list of (labels, value)."""
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``."""
+        return sum(v for lab, v in self.get(name, []) if labels.items() <= lab.items())
+
+
+def scrape(url: str, timeout: float = 3.0) -> Scrape:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        text = resp.read().decode()
+    out = Scrape()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out

@@ -1,0 +1,1 @@
+"""Model specifications, online learning, snapshots and (later) retraining and the registry."""

@@ -1,0 +1,132 @@
+"""The scoring API (``driftline serve``), an aiohttp application.
+
+``POST /v1/score/{pipeline}`` takes one event, reads the entity's window state from
+Redis, computes the event's features with the same pure code the worker runs, and scores
+them with the in-memory model, which a background task swaps for each newer snapshot.
+
+Every error is a JSON body ``{"error": ..., "fields": {...}}`` with a 4xx status when the
+caller is at fault; an unexpected failure is a 500 with the same shape, never HTML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import web
+
+from driftline.config import Settings
+from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, connect
+from monitoring import metrics as m
+from online_models.spec import score
+from streams.pipelines import PIPELINES
+from streams.schemas import InvalidRecord, parse
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+MODELS = web.AppKey("models", dict)
+REDIS = web.AppKey("redis", object)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def error(status: int, message: str, fields: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message, "fields": fields or {}}, status=status)
+
+
+@web.middleware
+async def observe_and_shape_errors(request: web.Request, handler):
+    """Count and time every request, and turn every failure into a JSON body."""
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource \
+        else "unmatched"
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = error(exc.status, exc.reason)
+    except Exception:  # noqa: BLE001 - the caller still gets JSON, the log gets the trace
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = error(500, "internal error")
+    m.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+    m.HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+async def score_event(request: web.Request) -> web.Response:
+    name = request.match_info["pipeline"]
+    pipeline = PIPELINES.get(name)
+    if pipeline is None:
+        return error(404, f"unknown pipeline {name!r}", {"pipeline": "not declared"})
+    body = await request.read()
+    try:
+        event = parse(pipeline.event_type, body)
+    except InvalidRecord as exc:
+        return error(422, "invalid event", exc.errors)
+    live: LiveModel = request.app[MODELS][name]
+    snap = live.current
+    if snap is None:
+        return error(503, "no model published yet for this pipeline")
+    keys = RedisKeys(request.app[SETTINGS].redis_prefix, name)
+    _, state = await FeatureStore(request.app[REDIS], keys).get(pipeline.entity_of(event))
+    _, features = pipeline.observe(state, event)
+    probability = score(snap.model, features)
+    m.PREDICTIONS.labels(name, "api").inc()
+    return web.json_response({
+        "pipeline": name,
+        "event_id": getattr(event, "event_id", None),
+        "entity": pipeline.entity_of(event),
+        "probability": probability,
+        "model_version": snap.version,
+        "features": features,
+        "entity_known": state is not None,
+    })
+
+
+async def healthz(request: web.Request) -> web.Response:
+    models = {name: (live.current.version if live.current else None)
+              for name, live in request.app[MODELS].items()}
+    return web.json_response({"status": "ok", "models": models})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = m.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _keep_models_fresh(app: web.Application) -> None:
+    interval = app[SETTINGS].model_refresh_seconds
+    while True:
+        for name, live in app[MODELS].items():
+            try:
+                if await live.refresh():
+                    m.MODEL_SWAPS.labels(name, "api").inc()
+                    log.info("serving %s model %s", name, live.current.version)
+            except Exception:  # noqa: BLE001 - keep serving the model we have
+                log.warning("could not refresh the %s model", name, exc_info=True)
+        await asyncio.sleep(interval)
+
+
+async def _resources(app: web.Application):
+    client = connect(app[SETTINGS])
+    app[REDIS] = client
+    keys_of = lambda name: RedisKeys(app[SETTINGS].redis_prefix, name)  # noqa: E731
+    app[MODELS] = {name: LiveModel(SnapshotStore(client, keys_of(name))) for name in PIPELINES}
+    refresher = asyncio.create_task(_keep_models_fresh(app))
+    yield
+    refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await refresher
+    await client.aclose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[observe_and_shape_errors], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+    app.router.add_post("/v1/score/{pipeline}", score_event)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,5 @@
+"""Event schemas, topic names and feature definitions: pure code, no I/O.
+
+Everything here runs the same in the stream worker, the scoring API, offline replays and
+unit tests, which is what keeps training and serving from drifting apart.
+"""

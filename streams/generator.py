@@ -1,0 +1,192 @@
+"""A synthetic but realistic card-transaction stream with delayed fraud labels.
+
+Cards have a few home merchants and a typical amount (log-normal across cards); they buy
+at Poisson times. Two fraud patterns are injected:
+
+* **card testing**: a stolen card number is tried with a burst of small amounts at many
+  merchants within a minute or two;
+* **account takeover**: one purchase of many times the card's usual amount at a merchant
+  the card never used.
+
+Honest noise makes it non-trivial: legitimate large purchases at new merchants, and
+legitimate small purchases. Every transaction gets a label, emitted ``label_delay``
+seconds of event time after it (with jitter), so the stream interleaves events and
+labels in emission order. The generator is pure and seeded: the same config gives the
+same stream.
+
+>>> stream = list(FraudGenerator(FraudStreamConfig(events=50, seed=1)).emissions())
+>>> sum(e.kind == "event" for e in stream), sum(e.kind == "label" for e in stream)
+(50, 50)
+>>> all(a.at <= b.at for a, b in zip(stream, stream[1:]))
+True
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from streams.schemas import Label, Transaction
+
+MAX_BURST_SECONDS = 90.0
+
+
+@dataclass(frozen=True)
+class FraudStreamConfig:
+    events: int = 10_000
+    events_per_second: float = 200.0   # of event time
+    cards: int = 1_000
+    merchants: int = 500
+    card_testing_rate: float = 0.002   # bursts started per transaction
+    takeover_rate: float = 0.006       # takeovers per transaction
+    label_delay: float = 5.0           # seconds of event time, plus up to 50% jitter
+    start_time: float = 1_767_225_600.0
+    seed: int = 7
+    run_id: str = "run"                # makes event ids unique across runs
+
+
+@dataclass(order=True)
+class Emission:
+    """One record to send, at its emission time (event time for events)."""
+
+    at: float
+    seq: int
+    kind: Literal["event", "label"] = field(compare=False)
+    key: str = field(compare=False)
+    record: Transaction | Label = field(compare=False)
+
+
+@dataclass
+class _Card:
+    card_id: str
+    home: list[str]
+    typical: float
+
+
+class FraudGenerator:
+    def __init__(self, config: FraudStreamConfig) -> None:
+        self.c = config
+        self.rng = random.Random(config.seed)
+        self.cards = [self._new_card(i) for i in range(config.cards)]
+        self._seq = 0
+        self._made = 0
+        self._queue: list[Emission] = []
+
+    def _new_card(self, i: int) -> _Card:
+        r = self.rng
+        home = [f"m{r.randrange(self.c.merchants):04d}" for _ in range(r.randint(3, 10))]
+        return _Card(f"card-{i:05d}", home, typical=math.exp(r.gauss(3.3, 0.6)))
+
+    def emissions(self) -> Iterator[Emission]:
+        """Events and labels, merged in emission order."""
+        r = self.rng
+        now = self.c.start_time
+        while self._made < self.c.events:
+            now += r.expovariate(self.c.events_per_second)
+            # Everything scheduled before `now` (burst events, labels) goes out first.
+            yield from self._pop_ready(now)
+            self._normal_or_fraud(now)
+        while self._queue:
+            yield heapq.heappop(self._queue)
+
+    def _pop_ready(self, now: float) -> Iterator[Emission]:
+        while self._queue and self._queue[0].at <= now:
+            yield heapq.heappop(self._queue)
+
+    def _normal_or_fraud(self, now: float) -> None:
+        r = self.rng
+        u = r.random()
+        if u < self.c.card_testing_rate:
+            self._card_testing(now)
+        elif self.c.card_testing_rate <= u < self.c.card_testing_rate + self.c.takeover_rate:
+            card = r.choice(self.cards)
+            amount = card.typical * r.uniform(6, 25)
+            self._transaction(now, card, self._stranger(card), amount, fraud=True)
+        else:
+            self._normal(now)
+
+    def _normal(self, now: float) -> None:
+        r = self.rng
+        card = r.choice(self.cards)
+        roll = r.random()
+        if roll < 0.01:    # a legitimate big purchase somewhere new
+            merchant, amount = self._stranger(card), card.typical * r.uniform(3, 10)
+        elif roll < 0.03:  # a legitimate coffee
+            merchant, amount = r.choice(card.home), r.uniform(1.0, 5.0)
+        else:
+            merchant = r.choice(card.home) if r.random() < 0.9 else self._stranger(card)
+            amount = card.typical * math.exp(r.gauss(0, 0.35))
+        self._transaction(now, card, merchant, amount, fraud=False)
+
+    def _card_testing(self, now: float) -> None:
+        r = self.rng
+        card = r.choice(self.cards)
+        size = r.randint(6, 15)
+        span = r.uniform(20, MAX_BURST_SECONDS)
+        # The part of a burst past the stream's end is cut: it would trickle out for minutes.
+        ends = self.c.start_time + self.c.events / self.c.events_per_second
+        for ts in sorted(now + r.uniform(0, span) for _ in range(size)):
+            if ts > ends:
+                break
+            self._transaction(ts, card, self._stranger(card), round(r.uniform(0.5, 4.0), 2),
+                              fraud=True)
+
+    def _stranger(self, card: _Card) -> str:
+        while True:
+            m = f"m{self.rng.randrange(self.c.merchants):04d}"
+            if m not in card.home:
+                return m
+
+    def _transaction(self, ts: float, card: _Card, merchant: str, amount: float,
+                     fraud: bool) -> None:
+        if self._made >= self.c.events:
+            return
+        event_id = f"{self.c.run_id}-{self._made:07d}"
+        self._made += 1
+        txn = Transaction(event_id=event_id, card_id=card.card_id, merchant_id=merchant,
+                          amount=round(max(amount, 0.01), 2), ts=round(ts, 3))
+        self._push(ts, "event", card.card_id, txn)
+        label_at = ts + self.c.label_delay * (1 + 0.5 * self.rng.random())
+        self._push(label_at, "label", event_id,
+                   Label(event_id=event_id, is_fraud=fraud, ts=round(label_at, 3)))
+
+    def _push(self, at: float, kind: str, key: str, record) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, Emission(at, self._seq, kind, key, record))
+
+
+@dataclass(frozen=True)
+class ProbeCase:
+    """A card's history and one more transaction to score after it."""
+
+    history: list[Transaction]
+    probe: Transaction
+
+
+def probe_cases(now: float, run_id: str) -> dict[str, ProbeCase]:
+    """Two hand-made cases for showing and testing the scores: a card-testing burst in
+    progress, and a card buying as it always does.
+
+    >>> cases = probe_cases(1_000_000.0, "x")
+    >>> len(cases["card_testing"].history), cases["normal"].probe.amount
+    (8, 42.0)
+    """
+    burst_card, normal_card = f"probe-burst-{run_id}", f"probe-normal-{run_id}"
+    burst = [Transaction(event_id=f"{run_id}-burst-{i}", card_id=burst_card,
+                         merchant_id=f"m{900 + i:04d}", amount=1.0 + 0.25 * i,
+                         ts=now - 50 + 6 * i) for i in range(8)]
+    normal = [Transaction(event_id=f"{run_id}-normal-{i}", card_id=normal_card,
+                          merchant_id="m0042", amount=38.0 + 2 * i,
+                          ts=now - 3 * 86_400 + i * 43_200) for i in range(6)]
+    return {
+        "card_testing": ProbeCase(burst, Transaction(
+            event_id=f"{run_id}-burst-probe", card_id=burst_card, merchant_id="m0999",
+            amount=1.5, ts=now)),
+        "normal": ProbeCase(normal, Transaction(
+            event_id=f"{run_id}-normal-probe", card_id=normal_card, merchant_id="m0042",
+            amount=42.0, ts=now)),
+    }

@@ -1,0 +1,53 @@
+from collections import Counter
+
+from streams.generator import FraudGenerator, FraudStreamConfig
+
+
+def stream(**kw):
+    return list(FraudGenerator(FraudStreamConfig(**kw)).emissions())
+
+
+def test_same_config_same_stream():
+    assert stream(events=500, seed=3) == stream(events=500, seed=3)
+    assert stream(events=500, seed=3) != stream(events=500, seed=4)
+
+
+def test_every_event_gets_exactly_one_later_label():
+    emitted = stream(events=3000, seed=5, label_delay=5.0)
+    events = {e.record.event_id: e for e in emitted if e.kind == "event"}
+    labels = [e for e in emitted if e.kind == "label"]
+    assert len(events) == 3000
+    assert Counter(lbl.record.event_id for lbl in labels) == Counter({k: 1 for k in events})
+    for lbl in labels:
+        delay = lbl.at - events[lbl.record.event_id].record.ts
+        assert 5.0 <= delay <= 7.5 + 1e-6
+
+
+def test_events_are_keyed_by_card_and_labels_by_event_id():
+    for e in stream(events=200, seed=1):
+        assert e.key == (e.record.card_id if e.kind == "event" else e.record.event_id)
+
+
+def test_fraud_patterns_are_present_and_rare():
+    emitted = stream(events=20_000, seed=2)
+    events = {e.record.event_id: e.record for e in emitted if e.kind == "event"}
+    fraud = [events[e.record.event_id] for e in emitted if e.kind == "label" and e.record.is_fraud]
+    rate = len(fraud) / len(events)
+    assert 0.01 < rate < 0.06
+    small = [t for t in fraud if t.amount <= 4.0]
+    large = [t for t in fraud if t.amount > 4.0]
+    assert small and large  # card testing and account takeover both occur
+    # Card testing comes in bursts: several small fraudulent charges on one card.
+    per_card = Counter(t.card_id for t in small)
+    assert max(per_card.values()) >= 6
+
+
+def test_rate_sets_event_time_and_the_stream_does_not_trail_on():
+    emitted = stream(events=4000, seed=9, events_per_second=200.0, start_time=1000.0)
+    times = [e.record.ts - 1000.0 for e in emitted if e.kind == "event"]
+    assert 17.0 < max(times) <= 20.0  # bursts are cut at the stream's end
+
+
+def test_event_ids_carry_the_run_id():
+    emitted = stream(events=10, run_id="abc")
+    assert all(e.record.event_id.startswith("abc-") for e in emitted)
