@@ -73,12 +73,14 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: no generator for pipeline {args.pipeline!r}", file=sys.stderr)
         return 2
     ensure_pipeline_topics(settings, args.pipeline)
-    config = FraudStreamConfig(events=args.events, events_per_second=args.rate,
-                               label_delay=args.label_delay, seed=args.seed,
-                               start_time=time.time(),
+    base = FraudStreamConfig()
+    # The stream is replayed history ending now: `rate` events per wall-clock second, while
+    # event time advances at the generator's own (slower, realistic) pace.
+    config = FraudStreamConfig(events=args.events, label_delay=args.label_delay, seed=args.seed,
+                               start_time=time.time() - args.events / base.events_per_second,
                                run_id=args.run_id or uuid.uuid4().hex[:8])
     report = produce(settings, args.pipeline, FraudGenerator(config).emissions(),
-                     speed=None if args.no_pace else 1.0,
+                     speed=None if args.no_pace else args.rate / config.events_per_second,
                      malformed_every=args.malformed_every,
                      on_progress=lambda r: print(f"sent {r.events} events, {r.labels} labels "
                                                  f"({r.events_per_second:.0f} events/s)",
@@ -117,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("produce", help="send a synthetic stream to Kafka")
     p.add_argument("pipeline", choices=["fraud"])
-    p.add_argument("--rate", type=float, default=200.0, help="events per second")
+    p.add_argument("--rate", type=float, default=200.0, help="events per wall-clock second")
     p.add_argument("--events", type=int, default=10_000)
-    p.add_argument("--label-delay", type=float, default=5.0, help="seconds, plus jitter")
+    p.add_argument("--label-delay", type=float, default=600.0,
+                   help="seconds of event time from a transaction to its label, plus jitter")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--run-id", help="prefix of event ids (random by default)")
     p.add_argument("--malformed-every", type=int, default=0,

@@ -54,8 +54,12 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
 def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: float,
                        metrics_url: str, api_url: str) -> int:
     run_id = uuid.uuid4().hex[:8]
-    config = FraudStreamConfig(events=int(seconds * rate), events_per_second=rate,
-                               start_time=time.time(), run_id=run_id)
+    events = int(seconds * rate)
+    eps = FraudStreamConfig().events_per_second
+    # Replayed history that ends now, `speed` times faster than it happened.
+    config = FraudStreamConfig(events=events, start_time=time.time() - events / eps,
+                               run_id=run_id)
+    speed = rate / eps
     report = ProduceReport()
     done = threading.Event()
 
@@ -63,14 +67,15 @@ def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: 
         nonlocal report
         try:
             report = produce(settings, pipeline, FraudGenerator(config).emissions(),
-                             speed=1.0, malformed_every=2_000)
+                             speed=speed, malformed_every=2_000)
         finally:
             done.set()
 
     baseline = scrape(metrics_url)
-    print(f"streaming {config.events} transactions at {rate:.0f}/s, labels "
-          f"{config.label_delay:.0f}-{1.5 * config.label_delay:.0f}s later, "
-          "one malformed event in 2000", flush=True)
+    print(f"streaming {config.events} transactions of {config.cards} cards at {rate:.0f}/s "
+          f"({speed:.0f}x event time); each label {config.label_delay / speed:.0f}-"
+          f"{1.5 * config.label_delay / speed:.0f}s later; one malformed event in 2000",
+          flush=True)
     print(f"{'t':>5}  {'events/s':>8}  {'processed':>9}  {'dead':>4}  {'learned':>7}  "
           f"{'ROC AUC':>7}  model", flush=True)
     thread = threading.Thread(target=producer, daemon=True)
@@ -86,7 +91,7 @@ def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: 
         _progress_line(now_t - started, rate_now, now_s, baseline, pipeline)
         last, last_t = now_s, now_t
         if done.is_set() and drain_until is None:
-            drain_until = now_t + 1.5 * config.label_delay + 5
+            drain_until = now_t + 1.5 * config.label_delay / speed + 10
         learned = _delta(now_s, baseline, "driftline_labels_learned_total", pipeline)
         if drain_until and (now_t >= drain_until or learned >= report.events):
             break

@@ -35,6 +35,8 @@ MAX_MERCHANTS = 64
 # "Time since the previous event" of a card's first event: a day, not infinity, so that
 # linear models can use it.
 NO_PREVIOUS = 86_400.0
+# Card testing tries a stolen number with tiny charges: amounts below this count as tiny.
+SMALL_AMOUNT = 5.0
 # Weight of the newest amount in the card's typical (exponentially weighted) amount.
 AMOUNT_EWM_ALPHA = 0.2
 
@@ -43,6 +45,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_amount",
     *(f"{agg}_{w}" for w in WINDOWS for agg in ("count", "sum")),
     "distinct_merchants_10m",
+    "small_count_10m",
     "seconds_since_prev",
     "amount_to_mean",
     "new_merchant",
@@ -95,8 +98,10 @@ def _features(recent: list[tuple], merchants: dict[str, float], prev: CardState,
         inside = [r for r in recent if t - width < r[0] <= t]
         out[f"count_{name}"] = float(len(inside) + 1)
         out[f"sum_{name}"] = round(sum(r[1] for r in inside) + txn.amount, 6)
-    in_10m = {r[2] for r in recent if t - WINDOWS["10m"] < r[0] <= t}
-    out["distinct_merchants_10m"] = float(len(in_10m | {txn.merchant_id}))
+    last_10m = [r for r in recent if t - WINDOWS["10m"] < r[0] <= t]
+    out["distinct_merchants_10m"] = float(len({r[2] for r in last_10m} | {txn.merchant_id}))
+    small = sum(1 for r in last_10m if r[1] < SMALL_AMOUNT) + (txn.amount < SMALL_AMOUNT)
+    out["small_count_10m"] = float(small)
     earlier = [r[0] for r in recent if r[0] <= t]
     if not earlier and prev["last_ts"] is not None and prev["last_ts"] <= t:
         earlier = [prev["last_ts"]]  # older than the horizon, still the previous event

@@ -38,12 +38,14 @@ MAX_BURST_SECONDS = 90.0
 @dataclass(frozen=True)
 class FraudStreamConfig:
     events: int = 10_000
-    events_per_second: float = 200.0   # of event time
+    # Of event time: 1,000 cards at 2 events/s each buy every ~8 minutes. The producer
+    # replays it faster than real time (see driftline.producer).
+    events_per_second: float = 2.0
     cards: int = 1_000
     merchants: int = 500
     card_testing_rate: float = 0.002   # bursts started per transaction
     takeover_rate: float = 0.006       # takeovers per transaction
-    label_delay: float = 5.0           # seconds of event time, plus up to 50% jitter
+    label_delay: float = 600.0         # seconds of event time, plus up to 50% jitter
     start_time: float = 1_767_225_600.0
     seed: int = 7
     run_id: str = "run"                # makes event ids unique across runs
@@ -173,20 +175,24 @@ def probe_cases(now: float, run_id: str) -> dict[str, ProbeCase]:
 
     >>> cases = probe_cases(1_000_000.0, "x")
     >>> len(cases["card_testing"].history), cases["normal"].probe.amount
-    (8, 42.0)
+    (14, 42.0)
     """
     burst_card, normal_card = f"probe-burst-{run_id}", f"probe-normal-{run_id}"
+
+    def usual(card: str, tag: str) -> list[Transaction]:
+        # Three days of ordinary purchases at the card's usual merchant.
+        return [Transaction(event_id=f"{run_id}-{tag}-usual-{i}", card_id=card,
+                            merchant_id="m0042", amount=38.0 + 2 * i,
+                            ts=now - 3 * 86_400 + i * 43_200) for i in range(6)]
+
     burst = [Transaction(event_id=f"{run_id}-burst-{i}", card_id=burst_card,
                          merchant_id=f"m{900 + i:04d}", amount=1.0 + 0.25 * i,
                          ts=now - 50 + 6 * i) for i in range(8)]
-    normal = [Transaction(event_id=f"{run_id}-normal-{i}", card_id=normal_card,
-                          merchant_id="m0042", amount=38.0 + 2 * i,
-                          ts=now - 3 * 86_400 + i * 43_200) for i in range(6)]
     return {
-        "card_testing": ProbeCase(burst, Transaction(
+        "card_testing": ProbeCase(usual(burst_card, "burst") + burst, Transaction(
             event_id=f"{run_id}-burst-probe", card_id=burst_card, merchant_id="m0999",
             amount=1.5, ts=now)),
-        "normal": ProbeCase(normal, Transaction(
+        "normal": ProbeCase(usual(normal_card, "normal"), Transaction(
             event_id=f"{run_id}-normal-probe", card_id=normal_card, merchant_id="m0042",
             amount=42.0, ts=now)),
     }

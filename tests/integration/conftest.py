@@ -1,0 +1,121 @@
+"""Fixtures that run the real thing: the local Kafka broker and Redis (brought up when they
+are not), and the worker and API as child processes in a namespace of their own, so a
+test run shares nothing with a demo or another run on the same stack."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from driftline.config import Settings
+from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.processes import api_process, worker_process
+from driftline.stack import LocalStack
+from monitoring.scrape import scrape
+from streams.topics import PipelineTopics
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory) -> Settings:
+    base = Settings.from_env()
+    s = base.with_overrides(
+        namespace=f"t{uuid.uuid4().hex[:8]}",
+        worker_port=free_port(),
+        api_port=free_port(),
+        snapshot_every=50,
+        snapshot_seconds=0.5,
+        model_refresh_seconds=0.2,
+    )
+    LocalStack(s).up()  # a no-op when `make test` brought it up already
+    ensure_pipeline_topics(s, "fraud")
+    return s
+
+
+@pytest.fixture(scope="session")
+def topics(settings) -> PipelineTopics:
+    return PipelineTopics.for_pipeline("fraud", settings.namespace)
+
+
+@pytest.fixture(scope="session")
+def logs(settings, tmp_path_factory):
+    path = settings.data_dir / "test-logs" / settings.namespace
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def worker(settings, logs):
+    proc = worker_process(settings, logs).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def api(settings, logs, worker):
+    proc = api_process(settings, logs).start()
+    yield f"http://{settings.api_host}:{settings.api_port}"
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_metrics(settings, worker) -> Callable:
+    return lambda: scrape(f"http://127.0.0.1:{settings.worker_port}/metrics")
+
+
+def send(settings: Settings, topic: str, records: Iterable[tuple[str | None, bytes]]) -> int:
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    n = 0
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+        n += 1
+    assert producer.flush(30) == 0
+    return n
+
+
+def read_all(settings: Settings, topic: str, timeout: float = 10.0) -> list[dict]:
+    """Every record of ``topic`` up to its current end, decoded from JSON."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
+    ends = {}
+    for p in meta.partitions:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+        if high > low:
+            ends[p] = high
+    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+    out, done = [], set()
+    deadline = time.monotonic() + timeout
+    while len(done) < len(ends) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        out.append(json.loads(msg.value()))
+        if msg.offset() + 1 >= ends[msg.partition()]:
+            done.add(msg.partition())
+    consumer.close()
+    assert len(done) == len(ends), f"could not read {topic} to its end in {timeout}s"
+    return out
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
+             interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
