@@ -63,7 +63,9 @@ class PipelineAgents:
         self.pending = app.Table(f"{self.name}-pending-join", default=None, **table_opts)
         self._expiry: dict[int, list[tuple[float, str]]] = {}
         self._expiry_loaded = False
-        self._watermark = 0.0
+        # Per join partition: the newest snapshot event time seen. Labels do not move it:
+        # their timestamps come from another system's clock.
+        self._watermark: dict[int, float] = {}
 
         self.keys = RedisKeys(settings.redis_prefix, self.name)
         self._redis = None
@@ -194,7 +196,8 @@ class PipelineAgents:
             entry["t"] = min(entry["t"], event_time)
             self.pending[event_id] = entry
             heapq.heappush(self._expiry.setdefault(partition, []), (entry["t"], event_id))
-        self._watermark = max(self._watermark, event_time)
+        if kind == b"S":
+            self._watermark[partition] = max(self._watermark.get(partition, 0.0), event_time)
         self._expire(partition)
 
     def _load_expiry(self) -> None:
@@ -210,7 +213,7 @@ class PipelineAgents:
         # Only keys of the partition being processed: Faust writes a deletion to the
         # changelog partition of the current message.
         queue = self._expiry.get(partition, [])
-        bound = self._watermark - self.s.label_delay_bound_seconds
+        bound = self._watermark.get(partition, 0.0) - self.s.label_delay_bound_seconds
         while queue and queue[0][0] < bound:
             _, event_id = heapq.heappop(queue)
             entry = self.pending.get(event_id)

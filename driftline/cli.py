@@ -93,7 +93,8 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.demo import run_demo
 
-    return run_demo(settings, pipeline=args.pipeline, seconds=args.seconds, rate=args.rate)
+    return run_demo(settings, pipeline=args.pipeline, seconds=args.seconds, rate=args.rate,
+                    keep=args.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default="fraud")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--keep", action="store_true", help="keep the demo's topics and Redis keys")
     p.set_defaults(func=_demo)
     return parser
 

@@ -42,7 +42,9 @@ class Settings:
     # Partitions of the keyed topics (events, labels, predictions, the join); the training
     # topic always has one, because one learner must see every label (DRIFTLINE_PARTITIONS).
     partitions: int = 4
-    # The stream worker's HTTP port, which serves its /metrics (DRIFTLINE_WORKER_PORT).
+    # The stream worker's HTTP address, which serves its /metrics (DRIFTLINE_WORKER_HOST,
+    # DRIFTLINE_WORKER_PORT).
+    worker_host: str = "127.0.0.1"
     worker_port: int = 6066
     # The scoring API (DRIFTLINE_API_HOST, DRIFTLINE_API_PORT).
     api_host: str = "127.0.0.1"

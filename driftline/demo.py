@@ -9,16 +9,18 @@ API and prints a summary. The stack is left running; ``driftline stack down`` st
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import urllib.request
 import uuid
 
 from driftline.config import Settings
-from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
 from driftline.processes import api_process, worker_process
 from driftline.producer import ProduceReport, kafka_producer, produce
 from driftline.stack import LocalStack
+from driftline.stores import delete_namespace_keys
 from monitoring.scrape import Scrape, scrape
 from streams.generator import FraudGenerator, FraudStreamConfig, probe_cases
 from streams.topics import PipelineTopics
@@ -27,12 +29,17 @@ PROGRESS_EVERY = 5.0
 
 
 def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
-             rate: float = 200.0) -> int:
+             rate: float = 200.0, keep: bool = False) -> int:
     if pipeline != "fraud":
         print(f"error: no demo for pipeline {pipeline!r} yet")
         return 2
     print("== Driftline demo: card-fraud scoring that learns from delayed labels ==", flush=True)
     LocalStack(settings).up()
+    # Each demo runs in a namespace of its own, so that it starts from an untrained model
+    # and never meets the event times of an earlier run (which would be late data).
+    run_id = uuid.uuid4().hex[:8]
+    settings = settings.with_overrides(namespace=settings.prefixed(f"demo-{run_id}"))
+    print(f"namespace {settings.namespace}: topics {settings.namespace}.{pipeline}.*", flush=True)
     ensure_pipeline_topics(settings, pipeline)
     logs = settings.data_dir / "logs"
     worker = worker_process(settings, logs)
@@ -44,16 +51,21 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
     metrics_url = f"http://127.0.0.1:{settings.worker_port}/metrics"
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     try:
-        return _stream_and_report(settings, pipeline, seconds, rate, metrics_url, api_url)
+        return _stream_and_report(settings, pipeline, seconds, rate, metrics_url, api_url,
+                                  run_id)
     finally:
         api.stop()
         worker.stop()
+        if not keep:
+            delete_namespace_topics(settings)
+            delete_namespace_keys(settings)
+            shutil.rmtree(settings.data_dir / "worker" / settings.app_id, ignore_errors=True)
+            print("removed the demo's topics and keys (--keep keeps them)")
         print("worker and API stopped; the stack is still up (`driftline stack down` stops it)")
 
 
 def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: float,
-                       metrics_url: str, api_url: str) -> int:
-    run_id = uuid.uuid4().hex[:8]
+                       metrics_url: str, api_url: str, run_id: str) -> int:
     events = int(seconds * rate)
     eps = FraudStreamConfig().events_per_second
     # Replayed history that ends now, `speed` times faster than it happened.

@@ -38,3 +38,18 @@ def ensure_pipeline_topics(settings: Settings, pipeline: str) -> PipelineTopics:
     topics = PipelineTopics.for_pipeline(pipeline, settings.namespace)
     ensure_topics(settings, topics.partitions(settings.partitions))
     return topics
+
+
+def delete_namespace_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Delete every topic of ``settings.namespace`` (ours and Faust's changelogs).
+
+    Refuses the empty namespace: it would match every topic on the broker.
+    """
+    if not settings.namespace:
+        raise ValueError("refusing to delete topics without a namespace")
+    client = admin(settings)
+    names = [t for t in client.list_topics(timeout=timeout).topics
+             if t.startswith(settings.namespace + ".")]
+    for fut in (client.delete_topics(names, operation_timeout=timeout).values() if names else []):
+        fut.result(timeout)
+    return names

@@ -131,3 +131,17 @@ class LiveModel:
             return False
         self.current = snap
         return True
+
+
+def delete_namespace_keys(settings: Settings) -> int:
+    """Delete every Redis key of ``settings.namespace`` (refuses the empty namespace)."""
+    import redis
+
+    if not settings.namespace:
+        raise ValueError("refusing to delete keys without a namespace")
+    client = redis.Redis.from_url(settings.redis_url)
+    deleted = 0
+    for key in client.scan_iter(match=settings.redis_prefix + "*", count=1000):
+        deleted += client.delete(key)
+    client.close()
+    return deleted

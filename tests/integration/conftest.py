@@ -14,9 +14,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from driftline.config import Settings
-from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
 from driftline.processes import api_process, worker_process
 from driftline.stack import LocalStack
+from driftline.stores import delete_namespace_keys
 from monitoring.scrape import scrape
 from streams.topics import PipelineTopics
 
@@ -40,7 +41,10 @@ def settings(tmp_path_factory) -> Settings:
     )
     LocalStack(s).up()  # a no-op when `make test` brought it up already
     ensure_pipeline_topics(s, "fraud")
-    return s
+    yield s
+    # Runs after the worker and API fixtures have stopped (they depend on this one).
+    delete_namespace_topics(s)
+    delete_namespace_keys(s)
 
 
 @pytest.fixture(scope="session")
