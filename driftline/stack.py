@@ -169,7 +169,7 @@ class LocalStack:
                   f"into {self.jar_dir}")
         self.jar_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+            [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM), "dependency:copy-dependencies",
              f"-Dkafka.version={self.s.kafka_version}", "-DincludeScope=runtime",
              f"-DoutputDirectory={self.jar_dir}"], check=True)
         marker.write_text("ok\n")
