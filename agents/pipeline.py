@@ -25,8 +25,9 @@ from driftline.config import Settings
 from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, connect
 from monitoring import metrics as m
 from online_models.learner import OnlineLearner
-from online_models.spec import build_model, score
-from streams.pipelines import PipelineDef
+from online_models.spec import build_model, predict
+from streams.declarations import PipelineSpec
+from streams.engine import DuplicateEvent, FeatureEngine, LateEvent
 from streams.schemas import DeadLetter, InvalidRecord, Prediction, Snapshot, TrainingExample, parse
 from streams.topics import PipelineTopics
 
@@ -42,12 +43,13 @@ def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
 class PipelineAgents:
     """Registers the agents, tables and timers of ``pipeline`` on ``app``."""
 
-    def __init__(self, app: faust.App, settings: Settings, pipeline: PipelineDef) -> None:
+    def __init__(self, app: faust.App, settings: Settings, pipeline: PipelineSpec) -> None:
         self.app = app
         self.s = settings
         self.p = pipeline
+        self.engine = FeatureEngine(pipeline)
         self.name = pipeline.name
-        self.topics = PipelineTopics.for_pipeline(pipeline.name, settings.namespace)
+        self.topics = PipelineTopics.for_spec(pipeline, settings.namespace)
         t = self.topics
         self.events_topic = _raw_topic(app, t.events)
         self.labels_topic = _raw_topic(app, t.labels)
@@ -93,7 +95,7 @@ class PipelineAgents:
     async def on_start(self) -> None:
         """Make sure a model exists before the first event is scored."""
         store = SnapshotStore(self.redis, self.keys)
-        await store.publish(build_model(self.name), "v0.0", only_if_absent=True)
+        await store.publish(build_model(self.p.model), "v0.0", only_if_absent=True)
         self.live = LiveModel(store)
         await self.live.refresh()
 
@@ -111,13 +113,21 @@ class PipelineAgents:
         started = time.perf_counter()
         record = parse(self.p.event_type, event.value)
         entity = self.p.entity_of(record)
-        state, features = self.p.observe(self.entity_state.get(entity), record)
+        try:
+            state, features = self.engine.observe(self.entity_state.get(entity), record)
+        except DuplicateEvent:
+            # Redelivered after a crash: its effects were applied (and sent) already.
+            m.DUPLICATE_EVENTS.labels(self.name).inc()
+            return
+        except LateEvent as exc:
+            m.LATE_EVENTS.labels(self.name).inc()
+            raise InvalidRecord({exc.field: f"late: {exc}"}) from None
         self.entity_state[entity] = state
         snap = self.live.current if self.live else None
-        proba = score(snap.model, features) if snap else 0.5
+        proba = predict(snap.model, self.p.task, features) if snap else 0.0
         version = snap.version if snap else "none"
         event_time = self.p.time_of(record)
-        event_id = record.event_id
+        event_id = self.p.event_id_of(record)
         await FeatureStore(self.redis, self.keys).put(entity, features, state, event_time)
         # Kafka's create time is when the producer sent it: freshness is measured from it.
         m.FEATURE_FRESHNESS.labels(self.name).observe(max(0.0, time.time() - msg.timestamp))
@@ -155,7 +165,8 @@ class PipelineAgents:
 
     async def _forward_one(self, event: faust.EventT) -> None:
         label = parse(self.p.label_type, event.value)
-        await self.join_topic.send(key=label.event_id.encode(), value=b"L" + label.to_json())
+        event_id = self.p.event_id_of(label)
+        await self.join_topic.send(key=event_id.encode(), value=b"L" + label.to_json())
         m.EVENTS.labels(self.name, "label", "ok").inc()
 
     # ---- the join: a snapshot meets its label ------------------------------------------
@@ -179,14 +190,16 @@ class PipelineAgents:
             event_id, event_time = snap.event_id, snap.event_time
         else:
             label = parse(self.p.label_type, body)
-            event_id, event_time = label.event_id, label.ts
+            event_id, event_time = self.p.event_id_of(label), self.p.label_time_of(label)
         entry = dict(self.pending.get(event_id) or {"p": partition, "t": event_time})
         entry["snapshot" if kind == b"S" else "label"] = body.decode()
         if "snapshot" in entry and "label" in entry:
             snap = parse(Snapshot, entry["snapshot"])
             label = parse(self.p.label_type, entry["label"])
             example = TrainingExample(
-                **snap.model_dump(), label=self.p.label_of(label), label_time=label.ts
+                **snap.model_dump(),
+                label=self.p.target_of(label),
+                label_time=self.p.label_time_of(label),
             )
             await self.training_topic.send(key=event_id.encode(), value=example.to_json())
             if self.pending.get(event_id) is not None:
@@ -240,15 +253,14 @@ class PipelineAgents:
 
     async def _restore_learner(self) -> OnlineLearner:
         snap = await SnapshotStore(self.redis, self.keys).load()
-        model = snap.model if snap else build_model(self.name)
+        model = snap.model if snap else build_model(self.p.model)
         revision, updates = (0, 0)
         if snap and snap.version.startswith("v"):
             rev, _, upd = snap.version[1:].partition(".")
             revision, updates = int(rev), int(upd or 0)
         self._published_updates = updates
-        return OnlineLearner(
-            self.name, model, revision=revision, updates=updates, metric_window=self.s.metric_window
-        )
+        return OnlineLearner(self.name, self.p.task, model, revision=revision, updates=updates,
+                             metric_window=self.s.metric_window)
 
     async def publish_if_due(self, *_: Any) -> None:
         if self.learner and self.learner.updates > self._published_updates:

@@ -9,6 +9,7 @@ import time
 import uuid
 
 from driftline.config import Settings
+from streams.pipelines import PIPELINES
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
@@ -67,20 +68,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.kafka_admin import ensure_pipeline_topics
     from driftline.producer import produce
-    from streams.generator import FraudGenerator, FraudStreamConfig
+    from streams.generators import GENERATORS, generate
 
-    if args.pipeline != "fraud":
-        print(f"error: no generator for pipeline {args.pipeline!r}", file=sys.stderr)
-        return 2
     ensure_pipeline_topics(settings, args.pipeline)
-    base = FraudStreamConfig()
+    overrides = {} if args.label_delay is None else {"label_delay": args.label_delay}
+    eps = GENERATORS[args.pipeline][1].events_per_second
     # The stream is replayed history ending now: `rate` events per wall-clock second, while
     # event time advances at the generator's own (slower, realistic) pace.
-    config = FraudStreamConfig(events=args.events, label_delay=args.label_delay, seed=args.seed,
-                               start_time=time.time() - args.events / base.events_per_second,
-                               run_id=args.run_id or uuid.uuid4().hex[:8])
-    report = produce(settings, args.pipeline, FraudGenerator(config).emissions(),
-                     speed=None if args.no_pace else args.rate / config.events_per_second,
+    config, emissions = generate(args.pipeline, events=args.events, seed=args.seed,
+                                 start_time=time.time() - args.events / eps,
+                                 run_id=args.run_id or uuid.uuid4().hex[:8], **overrides)
+    report = produce(settings, args.pipeline, emissions,
+                     speed=None if args.no_pace else args.rate / eps,
                      malformed_every=args.malformed_every,
                      on_progress=lambda r: print(f"sent {r.events} events, {r.labels} labels "
                                                  f"({r.events_per_second:.0f} events/s)",
@@ -106,11 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_stack)
 
     p = sub.add_parser("topics", help="create a pipeline's topics")
-    p.add_argument("pipeline", nargs="*", default=["fraud"])
+    p.add_argument("pipeline", nargs="*", default=sorted(PIPELINES))
     p.set_defaults(func=_topics)
 
     p = sub.add_parser("worker", help="run the Faust stream worker")
-    p.add_argument("--pipeline", action="append", default=None)
+    p.add_argument("--pipeline", action="append", default=None, choices=sorted(PIPELINES),
+                   help="a pipeline to run (repeatable; default: all declared)")
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("serve", help="run the scoring API")
@@ -119,11 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("produce", help="send a synthetic stream to Kafka")
-    p.add_argument("pipeline", choices=["fraud"])
+    p.add_argument("pipeline", choices=sorted(PIPELINES))
     p.add_argument("--rate", type=float, default=200.0, help="events per wall-clock second")
     p.add_argument("--events", type=int, default=10_000)
-    p.add_argument("--label-delay", type=float, default=600.0,
-                   help="seconds of event time from a transaction to its label, plus jitter")
+    p.add_argument("--label-delay", type=float, default=None,
+                   help="seconds of event time before a label, plus jitter "
+                        "(default: the generator's)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--run-id", help="prefix of event ids (random by default)")
     p.add_argument("--malformed-every", type=int, default=0,
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_produce)
 
     p = sub.add_parser("demo", help="run the whole pipeline for about a minute")
-    p.add_argument("--pipeline", default="fraud")
+    p.add_argument("--pipeline", default="fraud", choices=sorted(PIPELINES))
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--rate", type=float, default=200.0)
     p.add_argument("--keep", action="store_true", help="keep the demo's topics and Redis keys")
@@ -143,5 +144,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if getattr(args, "pipeline", None) is None and args.command == "worker":
-        args.pipeline = ["fraud"]
+        args.pipeline = sorted(PIPELINES)
     sys.exit(args.func(args, Settings.from_env()))

@@ -35,7 +35,9 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 3
 
 
 def ensure_pipeline_topics(settings: Settings, pipeline: str) -> PipelineTopics:
-    topics = PipelineTopics.for_pipeline(pipeline, settings.namespace)
+    from streams.pipelines import PIPELINES
+
+    topics = PipelineTopics.for_spec(PIPELINES[pipeline], settings.namespace)
     ensure_topics(settings, topics.partitions(settings.partitions))
     return topics
 

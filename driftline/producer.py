@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from confluent_kafka import Producer
 
 from driftline.config import Settings
-from streams.generator import Emission
+from streams.generators.base import Emission
+from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 
 
@@ -45,10 +46,11 @@ def produce(settings: Settings, pipeline: str, emissions: Iterable[Emission], *,
             should_stop: Callable[[], bool] = lambda: False) -> ProduceReport:
     """Send ``emissions``; ``speed`` is event-seconds per wall-second (None: no pacing).
 
-    With ``malformed_every=K``, every K-th event is followed by a malformed one (a wrong
-    type in a required field), to show that bad input is dead-lettered, not lost.
+    With ``malformed_every=K``, every K-th event is followed by a malformed one (text in
+    its event-time field), to show that bad input is dead-lettered, not lost.
     """
-    topics = PipelineTopics.for_pipeline(pipeline, settings.namespace)
+    spec = PIPELINES[pipeline]
+    topics = PipelineTopics.for_spec(spec, settings.namespace)
     producer = kafka_producer(settings)
     report = ProduceReport()
     started = time.monotonic()
@@ -76,7 +78,7 @@ def produce(settings: Settings, pipeline: str, emissions: Iterable[Emission], *,
             report.events += 1
             if malformed_every and report.events % malformed_every == 0:
                 bad = e.record.model_dump()
-                bad["amount"] = "a lot"
+                bad[spec.time_field] = "yesterday"
                 producer.produce(topics.events, key=e.key,
                                  value=json.dumps(bad).encode(),
                                  on_delivery=on_delivery)

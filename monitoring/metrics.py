@@ -34,6 +34,11 @@ FEATURE_FRESHNESS = Histogram("driftline_feature_freshness_seconds",
                               "From an event's timestamp to its features written to Redis",
                               ["pipeline"],
                               buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+LATE_EVENTS = Counter("driftline_late_events_total",
+                      "Events beyond the allowed lateness, dead-lettered", ["pipeline"])
+DUPLICATE_EVENTS = Counter("driftline_duplicate_events_total",
+                           "Redelivered events already applied to their entity, skipped",
+                           ["pipeline"])
 JOINED = Counter("driftline_training_examples_total",
                  "Snapshots joined with their label and written to the training topic",
                  ["pipeline"])

@@ -6,7 +6,7 @@ it afterwards, so the prequential metrics below measure the model as it was serv
 
 >>> from online_models.spec import build_model
 >>> from streams.schemas import TrainingExample
->>> learner = OnlineLearner("fraud", build_model("fraud"))
+>>> learner = OnlineLearner("fraud", "binary", build_model("fraud_logistic"))
 >>> ex = TrainingExample(event_id="e1", entity="c1", event_time=1.0, features={"x": 1.0},
 ...                      score=0.5, model_version="v0.0", label=True, label_time=2.0)
 >>> learner.learn(ex), learner.learn(ex), learner.updates, learner.duplicates
@@ -21,12 +21,20 @@ from river import base, metrics, utils
 
 from streams.schemas import TrainingExample
 
+# Rolling prequential metrics by task, by the names declarations use.
+METRICS = {
+    "binary": {"roc_auc": metrics.ROCAUC, "log_loss": metrics.LogLoss,
+               "accuracy": metrics.Accuracy},
+    "regression": {"mae": metrics.MAE, "rmse": metrics.RMSE},
+}
+
 
 class OnlineLearner:
-    def __init__(self, pipeline: str, model: base.Classifier, *, revision: int = 0,
+    def __init__(self, pipeline: str, task: str, model: base.Estimator, *, revision: int = 0,
                  updates: int = 0, metric_window: int = 2000,
                  dedupe_window: int = 200_000) -> None:
         self.pipeline = pipeline
+        self.task = task
         self.model = model
         self.revision = revision
         self.updates = updates
@@ -35,11 +43,8 @@ class OnlineLearner:
         # bounded memory of recent event ids is enough to learn each one once.
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedupe_window = dedupe_window
-        self.rolling = {
-            "roc_auc": utils.Rolling(metrics.ROCAUC, window_size=metric_window),
-            "log_loss": utils.Rolling(metrics.LogLoss, window_size=metric_window),
-            "accuracy": utils.Rolling(metrics.Accuracy, window_size=metric_window),
-        }
+        self.rolling = {name: utils.Rolling(cls, window_size=metric_window)
+                        for name, cls in METRICS[task].items()}
 
     @property
     def version(self) -> str:
@@ -54,11 +59,16 @@ class OnlineLearner:
         self._seen[example.event_id] = None
         if len(self._seen) > self._dedupe_window:
             self._seen.popitem(last=False)
-        y = bool(example.label)
-        p = min(max(example.score, 1e-6), 1 - 1e-6)
-        self.rolling["roc_auc"].update(y, p)
-        self.rolling["log_loss"].update(y, p)
-        self.rolling["accuracy"].update(y, p >= 0.5)
+        if self.task == "binary":
+            y = bool(example.label)
+            p = min(max(example.score, 1e-6), 1 - 1e-6)
+            self.rolling["roc_auc"].update(y, p)
+            self.rolling["log_loss"].update(y, p)
+            self.rolling["accuracy"].update(y, p >= 0.5)
+        else:
+            y = float(example.label)
+            for metric in self.rolling.values():
+                metric.update(y, example.score)
         self.model.learn_one(example.features, y)
         self.updates += 1
         return True

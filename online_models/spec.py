@@ -1,12 +1,14 @@
-"""Model specifications: how a pipeline's fresh online model is built.
+"""Model specifications: how a pipeline's fresh online model is built, and how it scores.
 
 A spec is a name and a factory, so the learner, the retrainer and tests build identical
-models. The fraud model is a standardizing logistic regression: cheap to learn one
-example at a time, calibrated enough to rank, and fast to score in the API.
+models; a pipeline declaration names its spec. Both shipped models are standardized
+linear models: cheap to learn one example at a time and fast to score in the API.
 
->>> model = build_model("fraud")
->>> 0.0 <= model.predict_proba_one({"amount": 3.0}).get(True, 0.5) <= 1.0
+>>> model = build_model("fraud_logistic")
+>>> 0.0 <= predict(model, "binary", {"amount": 3.0}) <= 1.0
 True
+>>> predict(build_model("pricing_linear"), "regression", {"distance_km": 3.0})
+0.0
 """
 
 from __future__ import annotations
@@ -23,19 +25,32 @@ def _fraud_logistic() -> base.Classifier:
     )
 
 
-SPECS: dict[str, Callable[[], base.Estimator]] = {
-    "fraud": _fraud_logistic,
+def _pricing_linear() -> base.Regressor:
+    return compose.Pipeline(
+        preprocessing.StandardScaler(),
+        # A clipped gradient keeps one outlying price from throwing the weights off.
+        linear_model.LinearRegression(optimizer=optim.SGD(0.01), intercept_lr=0.05, l2=0.0,
+                                      clip_gradient=10.0),
+    )
+
+
+MODELS: dict[str, Callable[[], base.Estimator]] = {
+    "fraud_logistic": _fraud_logistic,
+    "pricing_linear": _pricing_linear,
 }
 
 
-def build_model(pipeline: str) -> base.Estimator:
-    """A fresh, untrained model for ``pipeline``."""
+def build_model(name: str) -> base.Estimator:
+    """A fresh, untrained model of spec ``name``."""
     try:
-        return SPECS[pipeline]()
+        return MODELS[name]()
     except KeyError:
-        raise KeyError(f"no model spec for pipeline {pipeline!r}; known: {sorted(SPECS)}") from None
+        raise KeyError(f"no model spec {name!r}; known: {sorted(MODELS)}") from None
 
 
-def score(model: base.Classifier, features: dict[str, float]) -> float:
-    """The model's probability of the positive class (0.5 when it knows nothing yet)."""
-    return float(model.predict_proba_one(features).get(True, 0.5))
+def predict(model: base.Estimator, task: str, features: dict[str, float]) -> float:
+    """The served score: the positive class's probability (0.5 while the model knows
+    nothing) for a binary task, the predicted value for a regression."""
+    if task == "binary":
+        return float(model.predict_proba_one(features).get(True, 0.5))
+    return float(model.predict_one(features))

@@ -20,7 +20,8 @@ from aiohttp import web
 from driftline.config import Settings
 from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, connect
 from monitoring import metrics as m
-from online_models.spec import score
+from online_models.spec import predict
+from streams.engine import FeatureEngine
 from streams.pipelines import PIPELINES
 from streams.schemas import InvalidRecord, parse
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 MODELS = web.AppKey("models", dict)
 REDIS = web.AppKey("redis", object)
+ENGINES = web.AppKey("engines", dict)
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -70,19 +72,23 @@ async def score_event(request: web.Request) -> web.Response:
     if snap is None:
         return error(503, "no model published yet for this pipeline")
     keys = RedisKeys(request.app[SETTINGS].redis_prefix, name)
-    _, state = await FeatureStore(request.app[REDIS], keys).get(pipeline.entity_of(event))
-    _, features = pipeline.observe(state, event)
-    probability = score(snap.model, features)
+    entity = pipeline.entity_of(event)
+    _, state = await FeatureStore(request.app[REDIS], keys).get(entity)
+    features = request.app[ENGINES][name].features_for(state, event)
+    value = predict(snap.model, pipeline.task, features)
     m.PREDICTIONS.labels(name, "api").inc()
-    return web.json_response({
+    body = {
         "pipeline": name,
-        "event_id": getattr(event, "event_id", None),
-        "entity": pipeline.entity_of(event),
-        "probability": probability,
+        "event_id": pipeline.event_id_of(event),
+        "entity": entity,
+        "prediction": value,
         "model_version": snap.version,
         "features": features,
         "entity_known": state is not None,
-    })
+    }
+    if pipeline.task == "binary":
+        body["probability"] = value
+    return web.json_response(body)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -125,6 +131,7 @@ async def _resources(app: web.Application):
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[observe_and_shape_errors], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
+    app[ENGINES] = {name: FeatureEngine(spec) for name, spec in PIPELINES.items()}
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/score/{pipeline}", score_event)
     app.router.add_get("/healthz", healthz)

@@ -4,11 +4,12 @@ Inputs from users' producers (:class:`Transaction`, :class:`Label`) are validate
 strictly: a wrong type is an error, never a silent coercion. :func:`parse` turns any
 validation failure into :class:`InvalidRecord`, which names each bad field and why.
 
->>> parse(Transaction, b'{"event_id": "e1", "card_id": "c1", "merchant_id": "m1",'
-...                    b' "amount": "12", "ts": 1.0}')
+>>> class Ping(Record):
+...     at: float
+>>> parse(Ping, b'{"at": "12"}')
 Traceback (most recent call last):
 ...
-streams.schemas.InvalidRecord: amount: Input should be a valid number
+streams.schemas.InvalidRecord: at: Input should be a valid number
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class Record(BaseModel):
@@ -26,25 +27,6 @@ class Record(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
-
-
-class Transaction(Record):
-    """A card payment, the event of the fraud pipeline (keyed by ``card_id``)."""
-
-    event_id: str = Field(min_length=1, max_length=128)
-    card_id: str = Field(min_length=1, max_length=128)
-    merchant_id: str = Field(min_length=1, max_length=128)
-    amount: float = Field(gt=0, lt=1e9, allow_inf_nan=False)
-    ts: float = Field(gt=0, allow_inf_nan=False, description="event time, epoch seconds")
-    currency: str = Field(default="EUR", min_length=3, max_length=3)
-
-
-class Label(Record):
-    """The outcome of a transaction, known later (keyed by ``event_id``)."""
-
-    event_id: str = Field(min_length=1, max_length=128)
-    is_fraud: bool
-    ts: float = Field(gt=0, allow_inf_nan=False, description="when the label became known")
 
 
 class Prediction(Record):
@@ -65,12 +47,13 @@ class Snapshot(Record):
     entity: str
     event_time: float
     features: dict[str, float]
-    score: float
+    score: float  # a probability (binary task) or a predicted value (regression)
     model_version: str
 
 
 class TrainingExample(Record):
-    """A snapshot joined with its label: exactly what the learner learns from."""
+    """A snapshot joined with its label: exactly what the learner learns from, and the
+    point-in-time training log (``<pipeline>.training``) that retraining reads back."""
 
     event_id: str
     entity: str
@@ -78,7 +61,7 @@ class TrainingExample(Record):
     features: dict[str, float]
     score: float
     model_version: str
-    label: bool
+    label: bool | float
     label_time: float
 
 

@@ -20,9 +20,20 @@ class PipelineTopics:
     deadletter: str   # every consumer -> operators, with the reason
 
     @classmethod
-    def for_pipeline(cls, pipeline: str, namespace: str = "") -> PipelineTopics:
+    def for_pipeline(cls, pipeline: str, namespace: str = "", *, events: str | None = None,
+                     labels: str | None = None) -> PipelineTopics:
+        """Conventional names under the namespace; a declared input topic is used as is."""
         base = f"{namespace}.{pipeline}" if namespace else pipeline
-        return cls(**{kind: f"{base}.{kind}" for kind in cls.__dataclass_fields__})
+        names = {kind: f"{base}.{kind}" for kind in cls.__dataclass_fields__}
+        names["events"] = events or names["events"]
+        names["labels"] = labels or names["labels"]
+        return cls(**names)
+
+    @classmethod
+    def for_spec(cls, spec, namespace: str = "") -> PipelineTopics:
+        """The topics of a :class:`~streams.declarations.PipelineSpec`."""
+        return cls.for_pipeline(spec.name, namespace, events=spec.events_topic,
+                                labels=spec.labels_topic)
 
     def partitions(self, keyed: int) -> dict[str, int]:
         """Partition count of each topic: the learner's input and the dead letters have one."""

@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from driftline.stores import RedisKeys
-from streams.features import observe
-from streams.generator import FraudGenerator, FraudStreamConfig, probe_cases
-from streams.schemas import Transaction
+from streams.catalog.fraud import FRAUD, Transaction
+from streams.engine import FeatureEngine
+from streams.generators.fraud import FraudGenerator, FraudStreamConfig, probe_cases
 from tests.integration.conftest import read_all, send, wait_for
 
 pytestmark = pytest.mark.integration
@@ -65,9 +65,10 @@ def run(settings, topics, worker, worker_metrics):
 
 def recompute(events: list[Transaction]):
     """Features of every event and the final features per card, by the same pure code."""
+    engine = FeatureEngine(FRAUD)
     states, per_event, latest = {}, {}, {}
     for t in events:  # production order is each card's partition order
-        states[t.card_id], f = observe(states.get(t.card_id), t)
+        states[t.card_id], f = engine.observe(states.get(t.card_id), t)
         per_event[t.event_id] = f
         latest[t.card_id] = f
     return per_event, latest

@@ -1,6 +1,8 @@
+import statistics
 from collections import Counter
 
-from streams.generator import FraudGenerator, FraudStreamConfig
+from streams.generators.fraud import FraudGenerator, FraudStreamConfig
+from streams.generators.pricing import PricingGenerator, PricingStreamConfig
 
 
 def stream(**kw):
@@ -51,3 +53,22 @@ def test_rate_sets_event_time_and_the_stream_does_not_trail_on():
 def test_event_ids_carry_the_run_id():
     emitted = stream(events=10, run_id="abc")
     assert all(e.record.event_id.startswith("abc-") for e in emitted)
+
+
+def test_pricing_stream_follows_demand_and_drifts():
+    config = PricingStreamConfig(events=6000, seed=4)
+    gen = PricingGenerator(config)
+    emitted = list(gen.emissions())
+    events = {e.record.event_id: e.record for e in emitted if e.kind == "event"}
+    prices = {e.record.event_id: e.record.price for e in emitted if e.kind == "label"}
+    assert set(prices) == set(events)
+    for e in emitted:
+        if e.kind == "label":
+            assert e.at > events[e.record.event_id].ts  # the price is known after the ride
+    assert gen.regime(0) != gen.regime(5999)  # the market changes half-way
+
+    def per_km(ids):
+        return statistics.fmean(prices[i] / events[i].distance_km for i in ids)
+
+    ids = sorted(events)
+    assert per_km(ids[3500:]) > 1.2 * per_km(ids[:2500])

@@ -1,6 +1,7 @@
 import pytest
 
-from streams.schemas import InvalidRecord, Label, Transaction, parse
+from streams.catalog.fraud import FraudLabel, Transaction
+from streams.schemas import InvalidRecord, parse
 
 GOOD = b'{"event_id":"e1","card_id":"c1","merchant_id":"m1","amount":12.5,"ts":1700000000.5}'
 
@@ -30,7 +31,7 @@ def test_bad_input_names_the_field_and_the_reason(raw, field, words):
 
 def test_label_must_be_a_real_boolean():
     with pytest.raises(InvalidRecord) as err:
-        parse(Label, b'{"event_id":"e1","is_fraud":"yes","ts":1.0}')
+        parse(FraudLabel, b'{"event_id":"e1","is_fraud":"yes","ts":1.0}')
     assert list(err.value.errors) == ["is_fraud"]
 
 

@@ -23,14 +23,13 @@ True
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
-from streams.schemas import Label, Transaction
+from streams.catalog.fraud import FraudLabel, Transaction
+from streams.generators.base import Emission, EmissionQueue
 
 MAX_BURST_SECONDS = 90.0
 
@@ -51,17 +50,6 @@ class FraudStreamConfig:
     run_id: str = "run"                # makes event ids unique across runs
 
 
-@dataclass(order=True)
-class Emission:
-    """One record to send, at its emission time (event time for events)."""
-
-    at: float
-    seq: int
-    kind: Literal["event", "label"] = field(compare=False)
-    key: str = field(compare=False)
-    record: Transaction | Label = field(compare=False)
-
-
 @dataclass
 class _Card:
     card_id: str
@@ -74,9 +62,8 @@ class FraudGenerator:
         self.c = config
         self.rng = random.Random(config.seed)
         self.cards = [self._new_card(i) for i in range(config.cards)]
-        self._seq = 0
         self._made = 0
-        self._queue: list[Emission] = []
+        self._queue = EmissionQueue()
 
     def _new_card(self, i: int) -> _Card:
         r = self.rng
@@ -90,14 +77,9 @@ class FraudGenerator:
         while self._made < self.c.events:
             now += r.expovariate(self.c.events_per_second)
             # Everything scheduled before `now` (burst events, labels) goes out first.
-            yield from self._pop_ready(now)
+            yield from self._queue.until(now)
             self._normal_or_fraud(now)
-        while self._queue:
-            yield heapq.heappop(self._queue)
-
-    def _pop_ready(self, now: float) -> Iterator[Emission]:
-        while self._queue and self._queue[0].at <= now:
-            yield heapq.heappop(self._queue)
+        yield from self._queue.drain()
 
     def _normal_or_fraud(self, now: float) -> None:
         r = self.rng
@@ -151,14 +133,10 @@ class FraudGenerator:
         self._made += 1
         txn = Transaction(event_id=event_id, card_id=card.card_id, merchant_id=merchant,
                           amount=round(max(amount, 0.01), 2), ts=round(ts, 3))
-        self._push(ts, "event", card.card_id, txn)
+        self._queue.push(ts, "event", card.card_id, txn)
         label_at = ts + self.c.label_delay * (1 + 0.5 * self.rng.random())
-        self._push(label_at, "label", event_id,
-                   Label(event_id=event_id, is_fraud=fraud, ts=round(label_at, 3)))
-
-    def _push(self, at: float, kind: str, key: str, record) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, Emission(at, self._seq, kind, key, record))
+        self._queue.push(label_at, "label", event_id,
+                         FraudLabel(event_id=event_id, is_fraud=fraud, ts=round(label_at, 3)))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The pipelines Driftline ships: one declaration per module."""

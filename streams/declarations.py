@@ -1,0 +1,164 @@
+"""The vocabulary of a pipeline declaration: what flows in, what is learned, which features.
+
+A pipeline is declared once, in Python, as a :class:`PipelineSpec`. The stream worker,
+the scoring API, the replay that checks training-serving parity and (later) the retrainer
+all read the same object; nothing else in Driftline is specific to one pipeline.
+
+Features, computed per entity in event time by :class:`streams.engine.FeatureEngine`:
+
+* :class:`Raw` — an event field as a number;
+* :class:`Agg` — ``count``, ``sum``, ``mean``, ``min``, ``max``, ``std`` or ``distinct``
+  over a :class:`Sliding` window ``(t - size, t]`` or the current :class:`Tumbling`
+  window ``[floor(t / size) * size, t]``, optionally of the events that pass ``where``
+  (a ``(field, operator, value)`` test); the current event is included;
+* :class:`SincePrevious` — seconds since the entity's previous event (capped);
+* :class:`Ewma` — the exponentially weighted average of a field *before* this event;
+* :class:`FirstSeen` — 1.0 when a field's value is new for the entity;
+* :class:`Derived` — any function of the event's fields and the features declared before.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from streams.schemas import Record
+
+AGGREGATIONS = ("count", "sum", "mean", "min", "max", "std", "distinct")
+OPERATORS: dict[str, Callable[[object, object], bool]] = {
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq, "!=": operator.ne,
+}
+
+
+@dataclass(frozen=True)
+class Sliding:
+    size: float  # seconds
+
+
+@dataclass(frozen=True)
+class Tumbling:
+    size: float  # seconds
+
+
+@dataclass(frozen=True)
+class Raw:
+    name: str
+    field: str | None = None  # the event field; defaults to ``name``
+
+
+@dataclass(frozen=True)
+class Agg:
+    name: str
+    agg: str
+    window: Sliding | Tumbling
+    field: str | None = None  # not needed for ``count``
+    where: tuple[str, str, float | str] | None = None  # e.g. ("amount", "<", 5.0)
+
+    def __post_init__(self) -> None:
+        if self.where is not None and self.where[1] not in OPERATORS:
+            raise ValueError(f"{self.name}: unknown operator {self.where[1]!r}; "
+                             f"choose from {sorted(OPERATORS)}")
+        if self.agg not in AGGREGATIONS:
+            raise ValueError(f"{self.name}: unknown aggregation {self.agg!r}; "
+                             f"choose from {AGGREGATIONS}")
+        if self.agg != "count" and self.field is None:
+            raise ValueError(f"{self.name}: {self.agg} needs a field")
+
+
+@dataclass(frozen=True)
+class SincePrevious:
+    name: str
+    cap: float = 86_400.0  # the value when there is no previous event
+
+
+@dataclass(frozen=True)
+class Ewma:
+    name: str
+    field: str
+    alpha: float  # weight of the newest value
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"{self.name}: alpha must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class FirstSeen:
+    name: str
+    field: str
+    memory: int = 64  # distinct values remembered per entity (the most recent)
+
+
+@dataclass(frozen=True)
+class Derived:
+    name: str
+    fn: Callable[[Mapping[str, float]], float]
+
+
+Feature = Raw | Agg | SincePrevious | Ewma | FirstSeen | Derived
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """Everything Driftline needs to know about one pipeline."""
+
+    name: str
+    event_type: type[Record]
+    entity_field: str
+    time_field: str
+    label_type: type[Record]
+    label_field: str                      # the target inside a label record
+    task: Literal["binary", "regression"]
+    features: tuple[Feature, ...]
+    model: str                            # a key of online_models.spec.MODELS
+    metrics: tuple[str, ...]
+    event_id_field: str = "event_id"      # also the join key of labels
+    label_time_field: str = "ts"
+    label_delay_bound: float = 3600.0     # seconds of event time a snapshot waits
+    allowed_lateness: float = 600.0       # behind the entity's newest event
+    events_topic: str | None = None       # default: "<name>.events" (namespaced)
+    labels_topic: str | None = None       # default: "<name>.labels" (namespaced)
+    generator: str | None = None          # a key of streams.generators.GENERATORS
+    description: str = ""
+    max_recent: int = 512                 # events kept per entity, whatever the traffic
+    feature_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"{self.name}: features declared twice: {sorted(dupes)}")
+        fields = set(self.event_type.model_fields)
+        for f in self.features:
+            used = [getattr(f, "field", None) or (f.name if isinstance(f, Raw) else None)]
+            if isinstance(f, Agg) and f.where:
+                used.append(f.where[0])
+            for u in used:
+                if u is not None and u not in fields:
+                    raise ValueError(f"{self.name}: feature {f.name} reads unknown field {u!r}")
+        for needed in (self.entity_field, self.time_field, self.event_id_field):
+            if needed not in fields:
+                raise ValueError(f"{self.name}: the event has no field {needed!r}")
+        for needed in (self.label_field, self.event_id_field, self.label_time_field):
+            if needed not in self.label_type.model_fields:
+                raise ValueError(f"{self.name}: the label has no field {needed!r}")
+        object.__setattr__(self, "feature_names", tuple(names))
+
+    def entity_of(self, event: Record) -> str:
+        return str(getattr(event, self.entity_field))
+
+    def time_of(self, event: Record) -> float:
+        return float(getattr(event, self.time_field))
+
+    def event_id_of(self, record: Record) -> str:
+        return str(getattr(record, self.event_id_field))
+
+    def target_of(self, label: Record) -> bool | float:
+        value = getattr(label, self.label_field)
+        return bool(value) if self.task == "binary" else float(value)
+
+    def label_time_of(self, label: Record) -> float:
+        return float(getattr(label, self.label_time_field))
