@@ -89,6 +89,15 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.replay import replay
+
+    report = replay(settings, args.pipeline)
+    print("\n".join(report.lines(args.show)))
+    print("parity: OK" if report.ok else "parity: MISMATCH")
+    return 0 if report.ok else 1
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.demo import run_demo
 
@@ -131,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send a malformed event after every K-th event")
     p.add_argument("--no-pace", action="store_true", help="send as fast as possible")
     p.set_defaults(func=_produce)
+
+    p = sub.add_parser("replay", help="recompute features from the events topic and compare "
+                                      "them with the training log (training-serving parity)")
+    p.add_argument("pipeline", choices=sorted(PIPELINES))
+    p.add_argument("--show", type=int, default=20, help="differences to print")
+    p.set_defaults(func=_replay)
 
     p = sub.add_parser("demo", help="run the whole pipeline for about a minute")
     p.add_argument("--pipeline", default="fraud", choices=sorted(PIPELINES))

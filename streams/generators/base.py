@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -39,3 +40,28 @@ class EmissionQueue:
     def drain(self) -> Iterator[Emission]:
         while self._heap:
             yield heapq.heappop(self._heap)
+
+
+def disorder(emissions: Iterator[Emission], fraction: float, max_delay: float,
+             seed: int = 0) -> list[Emission]:
+    """Hold back a ``fraction`` of the events by up to ``max_delay`` seconds, so that they
+    arrive after later events of their entity (out of order, and some beyond any allowed
+    lateness). Labels keep their times.
+
+    >>> from streams.schemas import Record
+    >>> class E(Record):
+    ...     ts: float
+    >>> out = disorder(iter([Emission(float(i), i, "event", "k", E(ts=float(i)))
+    ...                      for i in range(1, 100)]), 0.2, 10.0, seed=1)
+    >>> [e.at for e in out] == sorted(e.at for e in out)
+    True
+    >>> any(e.record.ts > f.record.ts for e, f in zip(out, out[1:]))
+    True
+    """
+    rng = random.Random(seed)
+    held = []
+    for e in emissions:
+        if e.kind == "event" and rng.random() < fraction:
+            e = Emission(e.at + rng.uniform(0, max_delay), e.seq, e.kind, e.key, e.record)
+        held.append(e)
+    return sorted(held)

@@ -48,6 +48,7 @@ class FraudStreamConfig:
     start_time: float = 1_767_225_600.0
     seed: int = 7
     run_id: str = "run"                # makes event ids unique across runs
+    card_prefix: str = "card"          # a run of its own cards: f"card-{run_id}"
 
 
 @dataclass
@@ -68,7 +69,7 @@ class FraudGenerator:
     def _new_card(self, i: int) -> _Card:
         r = self.rng
         home = [f"m{r.randrange(self.c.merchants):04d}" for _ in range(r.randint(3, 10))]
-        return _Card(f"card-{i:05d}", home, typical=math.exp(r.gauss(3.3, 0.6)))
+        return _Card(f"{self.c.card_prefix}-{i:05d}", home, typical=math.exp(r.gauss(3.3, 0.6)))
 
     def emissions(self) -> Iterator[Emission]:
         """Events and labels, merged in emission order."""

@@ -11,13 +11,14 @@ import uuid
 from collections.abc import Callable, Iterable
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from driftline.config import Settings
 from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
 from driftline.processes import api_process, worker_process
 from driftline.stack import LocalStack
 from driftline.stores import delete_namespace_keys
+from driftline.topic_reader import read_topic
 from monitoring.scrape import scrape
 from streams.topics import PipelineTopics
 
@@ -89,30 +90,9 @@ def send(settings: Settings, topic: str, records: Iterable[tuple[str | None, byt
     return n
 
 
-def read_all(settings: Settings, topic: str, timeout: float = 10.0) -> list[dict]:
+def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[dict]:
     """Every record of ``topic`` up to its current end, decoded from JSON."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest"})
-    meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-    ends = {}
-    for p in meta.partitions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-        if high > low:
-            ends[p] = high
-    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-    out, done = [], set()
-    deadline = time.monotonic() + timeout
-    while len(done) < len(ends) and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None or msg.error():
-            continue
-        out.append(json.loads(msg.value()))
-        if msg.offset() + 1 >= ends[msg.partition()]:
-            done.add(msg.partition())
-    consumer.close()
-    assert len(done) == len(ends), f"could not read {topic} to its end in {timeout}s"
-    return out
+    return [json.loads(r.value) for r in read_topic(settings, topic, timeout)]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str,

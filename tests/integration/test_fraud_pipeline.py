@@ -34,7 +34,8 @@ def run(settings, topics, worker, worker_metrics):
     until every label has been learned."""
     run_id = uuid.uuid4().hex[:8]
     emissions = list(FraudGenerator(FraudStreamConfig(
-        events=N_EVENTS, seed=21, run_id=run_id, start_time=time.time() - N_EVENTS / 2.0,
+        events=N_EVENTS, seed=21, run_id=run_id, card_prefix=f"card-{run_id}",
+        start_time=time.time() - N_EVENTS / 2.0,
     )).emissions())
     events = [e.record for e in emissions if e.kind == "event"]
     malformed, records, neighbours = [], [], []
