@@ -1,0 +1,86 @@
+"""A worker killed mid-stream (kill -9) and started on a fresh disk restores its tables
+from the changelogs: the features afterwards equal those of an uninterrupted run."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+
+import pytest
+import redis
+
+from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
+from driftline.processes import worker_process
+from driftline.stores import RedisKeys, delete_namespace_keys
+from monitoring.scrape import scrape
+from streams.catalog.fraud import FRAUD
+from streams.generators.fraud import FraudGenerator, FraudStreamConfig
+from streams.parity import recompute
+from streams.topics import PipelineTopics
+from tests.integration.conftest import free_port, send, wait_for
+
+pytestmark = pytest.mark.integration
+
+N = 4000
+
+
+@pytest.fixture
+def own_settings(settings):
+    s = settings.with_overrides(namespace=f"{settings.namespace}-recovery",
+                                worker_port=free_port())
+    ensure_pipeline_topics(s, "fraud")
+    yield s
+    delete_namespace_topics(s)
+    delete_namespace_keys(s)
+
+
+def redis_features(settings, cards):
+    r = redis.Redis.from_url(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix, "fraud")
+    out = {}
+    for card in cards:
+        raw = r.hgetall(keys.features(card))
+        out[card] = {k.decode(): float(v) for k, v in raw.items() if not k.startswith(b"_")}
+    return out
+
+
+def test_killed_worker_restores_its_tables_and_features_match(own_settings, logs):
+    s = own_settings
+    topics = PipelineTopics.for_spec(FRAUD, s.namespace)
+    run_id = uuid.uuid4().hex[:8]
+    config = FraudStreamConfig(events=N, cards=300, seed=13, run_id=run_id, card_prefix=run_id,
+                               start_time=time.time() - N / 2.0)
+    events = [e.record for e in FraudGenerator(config).emissions() if e.kind == "event"]
+    per_event = recompute(FRAUD, events)
+    expected = {}
+    for t in events:
+        expected[t.card_id] = per_event[t.event_id]
+
+    first = worker_process(s, logs / "recovery").start()
+    metrics_url = f"http://127.0.0.1:{s.worker_port}/metrics"
+    send(s, topics.events, [(t.card_id, t.to_json()) for t in events])
+
+    def processed() -> float:
+        return scrape(metrics_url).value("driftline_events_total", pipeline="fraud",
+                                         kind="event", outcome="ok")
+
+    wait_for(lambda: processed() >= N * 0.3, 120, "a third of the stream processed")
+    first.kill()
+    # A new host: nothing of the local RocksDB state survives, only the changelogs.
+    shutil.rmtree(s.data_dir / "worker" / s.app_id)
+
+    second = worker_process(s, logs / "recovery").start()
+    try:
+        wait_for(lambda: redis_features(s, expected) == expected, 180,
+                 "every card's features equal to an uninterrupted run")
+        resumed = processed()
+        m = scrape(metrics_url)
+        duplicates = m.value("driftline_duplicate_events_total", pipeline="fraud")
+    finally:
+        second.stop()
+    # It resumed from the committed offsets (it did not reprocess the whole stream), so the
+    # state it built on came from the changelog; events redelivered after the kill were
+    # recognised and skipped.
+    assert resumed + duplicates < N
+    assert resumed > 0
