@@ -31,9 +31,11 @@ EVENT_SECONDS = Histogram("driftline_event_processing_seconds",
                           ["pipeline"],
                           buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1))
 FEATURE_FRESHNESS = Histogram("driftline_feature_freshness_seconds",
-                              "From an event's timestamp to its features written to Redis",
+                              "From an event's production (its Kafka timestamp) to its "
+                              "features readable in Redis",
                               ["pipeline"],
-                              buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+                              buckets=(.001, .0025, .005, .0075, .01, .015, .02, .03, .05, .075,
+                                       .1, .15, .2, .3, .5, .75, 1, 2.5, 5, 10, 30))
 LATE_EVENTS = Counter("driftline_late_events_total",
                       "Events beyond the allowed lateness, dead-lettered", ["pipeline"])
 DUPLICATE_EVENTS = Counter("driftline_duplicate_events_total",
