@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Two entry points for a fresh machine: `make demo` (PIPELINE=fraud|pricing) and `make test`.
 # The virtual environment is reused while pyproject.toml is unchanged, rebuilt when not;
 # Kafka's jars are cached outside the repository by `driftline stack up`.
 
@@ -23,8 +23,10 @@ stack-up: install
 stack-down: install
 	$(BIN)/driftline stack down
 
+PIPELINE ?= fraud
+
 demo: stack-up
-	$(BIN)/driftline demo
+	$(BIN)/driftline demo --pipeline $(PIPELINE)
 
 lint: install
 	$(BIN)/ruff check .

@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole pipeline for about a minute")
     p.add_argument("--pipeline", default="fraud", choices=sorted(PIPELINES))
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--rate", type=float, default=None,
+                   help="events per second (default: 200 for fraud, 100 for pricing)")
     p.add_argument("--keep", action="store_true", help="keep the demo's topics and Redis keys")
     p.set_defaults(func=_demo)
     return parser

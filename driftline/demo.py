@@ -31,10 +31,14 @@ from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 
 PROGRESS_EVERY = 5.0
+# Events per wall-clock second, kept below what one worker sustains on a 2-core machine
+# (see benchmarks/freshness.py): pricing has long rides, so more labels in flight.
+DEFAULT_RATE = {"fraud": 200.0, "pricing": 100.0}
 
 
 def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
-             rate: float = 200.0, keep: bool = False) -> int:
+             rate: float | None = None, keep: bool = False) -> int:
+    rate = rate or DEFAULT_RATE.get(pipeline, 100.0)
     print(f"== Driftline demo: the {pipeline} pipeline, learning from delayed labels ==",
           flush=True)
     LocalStack(settings).up()
