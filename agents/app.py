@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import faust
 
+from agents.faust_fixes import flush_waits_for_delivery
 from agents.pipeline import PipelineAgents
 from driftline.config import Settings
 from monitoring.metrics import exposition
@@ -32,7 +33,11 @@ def create_app(settings: Settings, pipelines: list[str] | None = None) -> faust.
         web_in_thread=False,
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # A crashed worker's partitions move to a live one after 10 s, not Faust's 60.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
     )
+    flush_waits_for_delivery(app)
     app.driftline_pipelines = [
         PipelineAgents(app, settings, PIPELINES[name]) for name in (pipelines or list(PIPELINES))
     ]
@@ -44,6 +49,9 @@ def create_app(settings: Settings, pipelines: list[str] | None = None) -> faust.
 
     @app.page("/healthz")
     async def healthz(web, request):
+        # Ready once the tables are recovered and the agents consume.
+        if not app.tables.recovery.completed.is_set():
+            return web.json({"status": "recovering"}, status=503)
         return web.json({"status": "ok"})
 
     return app

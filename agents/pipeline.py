@@ -21,6 +21,7 @@ from typing import Any
 
 import faust
 
+from agents.faust_fixes import GapFiller
 from driftline.config import Settings
 from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, connect
 from monitoring import metrics as m
@@ -68,6 +69,7 @@ class PipelineAgents:
         # Per join partition: the newest snapshot event time seen. Labels do not move it:
         # their timestamps come from another system's clock.
         self._watermark: dict[int, float] = {}
+        self.gaps = GapFiller(app, settings)
 
         self.keys = RedisKeys(settings.redis_prefix, self.name)
         self._redis = None
@@ -81,6 +83,7 @@ class PipelineAgents:
         app.agent(self.join_topic, name=f"{self.name}-join")(self.join)
         app.agent(self.training_topic, name=f"{self.name}-learn")(self.learn)
         app.task(self.on_start)
+        app.on_partitions_revoked.connect(self._on_revoked)
         app.timer(settings.model_refresh_seconds)(self.refresh_model)
         app.timer(settings.snapshot_seconds)(self.publish_if_due)
 
@@ -99,6 +102,9 @@ class PipelineAgents:
         self.live = LiveModel(store)
         await self.live.refresh()
 
+    async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+        self.gaps.forget(revoked)
+
     async def refresh_model(self, *_: Any) -> None:
         if self.live is not None and await self.live.refresh():
             m.MODEL_SWAPS.labels(self.name, "worker").inc()
@@ -113,8 +119,9 @@ class PipelineAgents:
         started = time.perf_counter()
         record = parse(self.p.event_type, event.value)
         entity = self.p.entity_of(record)
+        prior = self.entity_state.get(entity)
         try:
-            state, features = self.engine.observe(self.entity_state.get(entity), record)
+            state, features = self.engine.observe(prior, record)
         except DuplicateEvent:
             # Redelivered after a crash: its effects were applied (and sent) already.
             m.DUPLICATE_EVENTS.labels(self.name).inc()
@@ -290,17 +297,25 @@ class PipelineAgents:
     # ---- the consuming loop and dead letters ------------------------------------------
 
     async def _consume(self, stream: faust.StreamT, kind: str, handle) -> None:
-        """Run ``handle`` on each event; nothing that goes wrong stops the agent or is lost."""
+        """Run ``handle`` on each event; nothing that goes wrong stops the agent or is lost.
+
+        Records Faust skipped before this one (see :class:`GapFiller`) are handled first.
+        """
         async for event in stream.events():
-            try:
-                await handle(event)
-            except InvalidRecord as exc:
-                await self.dead_letter(event, exc, kind, "invalid")
-            except Exception as exc:  # noqa: BLE001 - an outage or a bug: park, carry on
-                log.exception("%s: processing failed, dead-lettering", kind)
-                await self.dead_letter(
-                    event, InvalidRecord({"$": f"processing failed: {exc!r}"}), kind, "error"
-                )
+            for missed in await self.gaps.missed_before(event):
+                m.SKIPPED_RECOVERED.labels(self.name, kind).inc()
+                await self._handle_one(missed, kind, handle)
+            await self._handle_one(event, kind, handle)
+
+    async def _handle_one(self, event, kind: str, handle) -> None:
+        try:
+            await handle(event)
+        except InvalidRecord as exc:
+            await self.dead_letter(event, exc, kind, "invalid")
+        except Exception as exc:  # noqa: BLE001 - an outage or a bug: park, carry on
+            log.exception("%s: processing failed, dead-lettering", kind)
+            await self.dead_letter(
+                event, InvalidRecord({"$": f"processing failed: {exc!r}"}), kind, "error")
 
     async def dead_letter(
         self, event: faust.EventT, exc: InvalidRecord, kind: str, cause: str

@@ -15,10 +15,12 @@ from driftline.config import Settings
 
 @dataclass(frozen=True)
 class TopicRecord:
+    topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes
+    timestamp: float  # seconds (the producer's create time)
 
 
 def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> Iterator[TopicRecord]:
@@ -47,6 +49,42 @@ def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> Iterato
                 if msg.error():
                     raise RuntimeError(f"reading {topic}[{p}]: {msg.error()}")
                 offset = msg.offset() + 1
-                yield TopicRecord(p, msg.offset(), msg.key(), msg.value())
+                yield _record(msg)
     finally:
         consumer.close()
+
+
+def read_range(settings: Settings, topic: str, partition: int, start: int, end: int,
+               timeout: float = 15.0) -> list[TopicRecord]:
+    """The records of one partition with ``start <= offset < end`` (blocking: run it in a
+    thread from async code). Offsets without a record (transaction markers) are skipped."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"driftline-reader-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    out: list[TopicRecord] = []
+    try:
+        consumer.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                         timeout=timeout)
+                if high <= (out[-1].offset + 1 if out else start):
+                    break
+                continue
+            if msg.error():
+                raise RuntimeError(f"reading {topic}[{partition}]: {msg.error()}")
+            if msg.offset() >= end:
+                break
+            out.append(_record(msg))
+            if msg.offset() + 1 >= end:
+                break
+    finally:
+        consumer.close()
+    return out
+
+
+def _record(msg) -> TopicRecord:
+    return TopicRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                       msg.timestamp()[1] / 1000.0)

@@ -41,6 +41,9 @@ LATE_EVENTS = Counter("driftline_late_events_total",
 DUPLICATE_EVENTS = Counter("driftline_duplicate_events_total",
                            "Redelivered events already applied to their entity, skipped",
                            ["pipeline"])
+SKIPPED_RECOVERED = Counter("driftline_skipped_records_recovered_total",
+                            "Records Faust's stream skipped after a start or rebalance, "
+                            "fetched directly and processed", ["pipeline", "kind"])
 JOINED = Counter("driftline_training_examples_total",
                  "Snapshots joined with their label and written to the training topic",
                  ["pipeline"])

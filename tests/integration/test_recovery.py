@@ -72,8 +72,16 @@ def test_killed_worker_restores_its_tables_and_features_match(own_settings, logs
 
     second = worker_process(s, logs / "recovery").start()
     try:
-        wait_for(lambda: redis_features(s, expected) == expected, 180,
-                 "every card's features equal to an uninterrupted run")
+        try:
+            wait_for(lambda: redis_features(s, expected) == expected, 120,
+                     "every card's features equal to an uninterrupted run")
+        except AssertionError:
+            got = redis_features(s, expected)
+            bad = [c for c in expected if got[c] != expected[c]]
+            diffs = {k: (got[bad[0]].get(k), v) for k, v in expected[bad[0]].items()
+                     if got[bad[0]].get(k) != v}
+            raise AssertionError(f"{len(bad)} of {len(expected)} cards differ after "
+                                 f"{processed():.0f} events; {bad[0]}: {diffs}") from None
         resumed = processed()
         m = scrape(metrics_url)
         duplicates = m.value("driftline_duplicate_events_total", pipeline="fraud")
