@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
 from confluent_kafka import (
-    Consumer,
     ConsumerGroupTopicPartitions,
     KafkaException,
     TopicPartition,
@@ -12,6 +13,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from driftline.config import Settings
 from streams.topics import PipelineTopics
+
+log = logging.getLogger(__name__)
 
 
 def admin(settings: Settings) -> AdminClient:
@@ -64,20 +67,16 @@ def delete_namespace_topics(settings: Settings, timeout: float = 30.0) -> list[s
 
 def pin_start_offsets(settings: Settings, group: str, topics: list[str],
                       timeout: float = 30.0) -> dict[str, int]:
-    """Commit the earliest offset for every partition of ``topics`` that ``group`` has no
-    committed offset for yet; return how many partitions were pinned per topic.
+    """Commit offset 0 for every partition of ``topics`` that ``group`` has no committed
+    offset for yet; return how many partitions were pinned per topic. Best effort.
 
-    This is what ``auto.offset.reset=earliest`` means, made explicit, and it works around
-    a faust-streaming race (its issues 216 and 596): messages fetched while tables recover
-    are dropped from the in-memory queues, and "seek to committed offsets" only rewinds
-    partitions that *have* a committed offset, so the others silently skip what was
-    fetched (seen here: events lost after a restart, tests/integration/test_recovery.py).
-    Committing fails harmlessly when the group has live members, which by then have
-    committed offsets of their own.
+    Offset 0 means what ``auto.offset.reset=earliest`` means (where retention removed it,
+    the consumer resets to the earliest offset left), made explicit: faust-streaming's
+    "seek to committed offsets" after table recovery only rewinds partitions that have a
+    committed offset (see :class:`agents.faust_fixes.GapFiller` for the rest). Committing
+    fails harmlessly when the group has live members, which commit their own offsets.
     """
     client = admin(settings)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"driftline-admin-{group}", "enable.auto.commit": False})
     pinned: dict[str, int] = {}
     try:
         meta = client.list_topics(timeout=timeout).topics
@@ -87,20 +86,15 @@ def pin_start_offsets(settings: Settings, group: str, topics: list[str],
             return pinned
         request = [ConsumerGroupTopicPartitions(group, wanted)]
         result = list(client.list_consumer_group_offsets(request).values())[0].result()
-        missing = []
-        for tp in result.topic_partitions:
-            if tp.offset < 0:
-                low, _ = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                        timeout=timeout)
-                missing.append(TopicPartition(tp.topic, tp.partition, low))
-                pinned[tp.topic] = pinned.get(tp.topic, 0) + 1
+        missing = [TopicPartition(tp.topic, tp.partition, 0)
+                   for tp in result.topic_partitions if tp.offset < 0]
         if missing:
-            try:
-                fut = client.alter_consumer_group_offsets(
-                    [ConsumerGroupTopicPartitions(group, missing)])
-                list(fut.values())[0].result()
-            except KafkaException:
-                return {}  # the group is active: its members commit their own offsets
-    finally:
-        consumer.close()
+            fut = client.alter_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, missing)])
+            list(fut.values())[0].result()
+            for tp in missing:
+                pinned[tp.topic] = pinned.get(tp.topic, 0) + 1
+    except KafkaException as exc:
+        log.info("start offsets of %s not pinned: %s", group, exc)
+        return {}
     return pinned
