@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from confluent_kafka import (
@@ -18,7 +19,18 @@ log = logging.getLogger(__name__)
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    """One AdminClient per broker address, kept for the life of the process.
+
+    Destroying an AdminClient while librdkafka still holds an event for it ("Purging 1
+    unserved events from background queue") crashed the worker with SIGSEGV on a fresh
+    broker (seen here, intermittently); a client that is never destroyed cannot.
+    """
+    return _admin(settings.kafka_bootstrap)
+
+
+@functools.cache
+def _admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap})
 
 
 def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 30.0) -> list[str]:
