@@ -43,13 +43,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from agents.app import create_app
-    from driftline.kafka_admin import ensure_pipeline_topics, pin_start_offsets
+    from driftline.kafka_admin import ensure_pipeline_topics
 
-    inputs = []
     for pipeline in args.pipeline:
-        t = ensure_pipeline_topics(settings, pipeline)
-        inputs += [t.events, t.labels, t.join, t.training]
-    pin_start_offsets(settings, settings.app_id, inputs)
+        ensure_pipeline_topics(settings, pipeline)
     app = create_app(settings, args.pipeline)
     worker = faust.Worker(app, loglevel=settings.log_level)
     worker.execute_from_commandline()

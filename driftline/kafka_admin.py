@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import functools
-import logging
 
-from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
-    KafkaException,
-    TopicPartition,
-)
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from driftline.config import Settings
 from streams.topics import PipelineTopics
 
-log = logging.getLogger(__name__)
-
 
 def admin(settings: Settings) -> AdminClient:
     """One AdminClient per broker address, kept for the life of the process.
 
-    Destroying an AdminClient while librdkafka still holds an event for it ("Purging 1
-    unserved events from background queue") crashed the worker with SIGSEGV on a fresh
-    broker (seen here, intermittently); a client that is never destroyed cannot.
+    Clients are cheap to keep and librdkafka logs "Purging unserved events" when one is
+    destroyed with work pending; one client per process avoids both.
     """
     return _admin(settings.kafka_bootstrap)
 
@@ -75,38 +67,3 @@ def delete_namespace_topics(settings: Settings, timeout: float = 30.0) -> list[s
     for fut in (client.delete_topics(names, operation_timeout=timeout).values() if names else []):
         fut.result(timeout)
     return names
-
-
-def pin_start_offsets(settings: Settings, group: str, topics: list[str],
-                      timeout: float = 30.0) -> dict[str, int]:
-    """Commit offset 0 for every partition of ``topics`` that ``group`` has no committed
-    offset for yet; return how many partitions were pinned per topic. Best effort.
-
-    Offset 0 means what ``auto.offset.reset=earliest`` means (where retention removed it,
-    the consumer resets to the earliest offset left), made explicit: faust-streaming's
-    "seek to committed offsets" after table recovery only rewinds partitions that have a
-    committed offset (see :class:`agents.faust_fixes.GapFiller` for the rest). Committing
-    fails harmlessly when the group has live members, which commit their own offsets.
-    """
-    client = admin(settings)
-    pinned: dict[str, int] = {}
-    try:
-        meta = client.list_topics(timeout=timeout).topics
-        wanted = [TopicPartition(t, p) for t in topics if t in meta
-                  for p in meta[t].partitions]
-        if not wanted:
-            return pinned
-        request = [ConsumerGroupTopicPartitions(group, wanted)]
-        result = list(client.list_consumer_group_offsets(request).values())[0].result()
-        missing = [TopicPartition(tp.topic, tp.partition, 0)
-                   for tp in result.topic_partitions if tp.offset < 0]
-        if missing:
-            fut = client.alter_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, missing)])
-            list(fut.values())[0].result()
-            for tp in missing:
-                pinned[tp.topic] = pinned.get(tp.topic, 0) + 1
-    except KafkaException as exc:
-        log.info("start offsets of %s not pinned: %s", group, exc)
-        return {}
-    return pinned

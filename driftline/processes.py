@@ -29,7 +29,8 @@ class ServiceProcess:
 
     def start(self, timeout: float = 120.0) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.settings.to_env()}
+        # A crash inside a C extension still leaves a Python traceback in the log.
+        env = {**os.environ, "PYTHONFAULTHANDLER": "1", **self.settings.to_env()}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "driftline", *self.args],
                                          stdout=log, stderr=subprocess.STDOUT,
