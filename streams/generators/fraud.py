@@ -85,8 +85,14 @@ class FraudGenerator:
     def _normal_or_fraud(self, now: float) -> None:
         r = self.rng
         u = r.random()
+        ends = self.c.start_time + self.c.events / self.c.events_per_second
         if u < self.c.card_testing_rate:
-            self._card_testing(now)
+            # A burst starts only if it can run its course before the stream ends: a cut
+            # burst leaves only its first, hardest-to-tell charges in the last labels.
+            if now + MAX_BURST_SECONDS <= ends:
+                self._card_testing(now)
+            else:
+                self._normal(now)
         elif self.c.card_testing_rate <= u < self.c.card_testing_rate + self.c.takeover_rate:
             card = r.choice(self.cards)
             amount = card.typical * r.uniform(6, 25)
@@ -112,11 +118,7 @@ class FraudGenerator:
         card = r.choice(self.cards)
         size = r.randint(6, 15)
         span = r.uniform(20, MAX_BURST_SECONDS)
-        # The part of a burst past the stream's end is cut: it would trickle out for minutes.
-        ends = self.c.start_time + self.c.events / self.c.events_per_second
         for ts in sorted(now + r.uniform(0, span) for _ in range(size)):
-            if ts > ends:
-                break
             self._transaction(ts, card, self._stranger(card), round(r.uniform(0.5, 4.0), 2),
                               fraud=True)
 

@@ -47,7 +47,7 @@ def test_fraud_patterns_are_present_and_rare():
 def test_rate_sets_event_time_and_the_stream_does_not_trail_on():
     emitted = stream(events=4000, seed=9, events_per_second=200.0, start_time=1000.0)
     times = [e.record.ts - 1000.0 for e in emitted if e.kind == "event"]
-    assert 17.0 < max(times) <= 20.0  # bursts are cut at the stream's end
+    assert 17.0 < max(times) <= 20.0  # no burst outlasts the stream
 
 
 def test_event_ids_carry_the_run_id():
