@@ -93,8 +93,9 @@ def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: 
             done.set()
 
     baseline = scrape(metrics_url)
-    print(f"streaming {config.events} {spec.description} at {rate:.0f} events/s "
-          f"({speed:.0f}x event time), labels later; one malformed event in 2000", flush=True)
+    print(f"{spec.name}: {spec.description}")
+    print(f"streaming {config.events} events at {rate:.0f}/s ({speed:.0f}x event time), each "
+          "label later; one malformed event in 2000", flush=True)
     headline = spec.metrics[0]
     print(f"{'t':>5}  {'events/s':>8}  {'processed':>9}  {'dead':>4}  {'learned':>7}  "
           f"{headline:>8}  model", flush=True)
