@@ -14,6 +14,7 @@ message with more (its issue 606), and at-least-once matters here.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import time
@@ -72,7 +73,6 @@ class PipelineAgents:
         self.gaps = GapFiller(app, settings)
 
         self.keys = RedisKeys(settings.redis_prefix, self.name)
-        self._redis = None
         self.learner: OnlineLearner | None = None
         self._published_updates = 0
         self._published_at = 0.0
@@ -89,17 +89,23 @@ class PipelineAgents:
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def redis(self):
-        if self._redis is None:
-            self._redis = connect(self.s)
-        return self._redis
+        # Made on first use, inside the worker's event loop.
+        return connect(self.s)
+
+    @functools.cached_property
+    def feature_store(self) -> FeatureStore:
+        return FeatureStore(self.redis, self.keys)
+
+    @functools.cached_property
+    def snapshots(self) -> SnapshotStore:
+        return SnapshotStore(self.redis, self.keys)
 
     async def on_start(self) -> None:
         """Make sure a model exists before the first event is scored."""
-        store = SnapshotStore(self.redis, self.keys)
-        await store.publish(build_model(self.p.model), "v0.0", only_if_absent=True)
-        self.live = LiveModel(store)
+        await self.snapshots.publish(build_model(self.p.model), "v0.0", only_if_absent=True)
+        self.live = LiveModel(self.snapshots)
         await self.live.refresh()
 
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
@@ -135,7 +141,7 @@ class PipelineAgents:
         version = snap.version if snap else "none"
         event_time = self.p.time_of(record)
         event_id = self.p.event_id_of(record)
-        await FeatureStore(self.redis, self.keys).put(entity, features, state, event_time)
+        await self.feature_store.put(entity, features, state, event_time)
         # Kafka's create time is when the producer sent it: freshness is measured from it.
         m.FEATURE_FRESHNESS.labels(self.name).observe(max(0.0, time.time() - msg.timestamp))
         await self.predictions_topic.send(
@@ -259,7 +265,7 @@ class PipelineAgents:
             await self.publish()
 
     async def _restore_learner(self) -> OnlineLearner:
-        snap = await SnapshotStore(self.redis, self.keys).load()
+        snap = await self.snapshots.load()
         model = snap.model if snap else build_model(self.p.model)
         revision, updates = (0, 0)
         if snap and snap.version.startswith("v"):
@@ -275,7 +281,7 @@ class PipelineAgents:
 
     async def publish(self) -> None:
         learner = self.learner
-        await SnapshotStore(self.redis, self.keys).publish(learner.model, learner.version)
+        await self.snapshots.publish(learner.model, learner.version)
         self._published_updates = learner.updates
         self._published_at = time.time()
         stats = learner.metrics()

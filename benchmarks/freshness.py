@@ -36,7 +36,7 @@ from driftline.stack import LocalStack
 from driftline.stores import delete_namespace_keys
 from monitoring.quantiles import histogram_quantile
 from monitoring.scrape import scrape
-from streams.generators import GENERATORS, generate
+from streams.generators import generate_history
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 
@@ -91,19 +91,19 @@ def run(s: Settings, args: argparse.Namespace, topics: PipelineTopics) -> dict:
     reader = threading.Thread(target=baseline, daemon=True)
     reader.start()
     events = int(args.rate * args.seconds)
-    eps = GENERATORS[args.pipeline][1].events_per_second
-    _, emissions = generate(args.pipeline, events=events, start_time=time.time() - events / eps,
-                            run_id=uuid.uuid4().hex[:8])
+    config, emissions = generate_history(args.pipeline, events, time.time(),
+                                         run_id=uuid.uuid4().hex[:8])
+    speed = args.rate / config.events_per_second
     only_events = (e for e in emissions if e.kind == "event")
     metrics_url = f"http://127.0.0.1:{s.worker_port}/metrics"
     # Warm up first (the producer's id, the consumers' first fetches): 3 s of the stream,
     # then measure from a clean baseline.
     warm = int(3 * args.rate)
-    produce(s, args.pipeline, (next(only_events) for _ in range(warm)), speed=args.rate / eps)
+    produce(s, args.pipeline, (next(only_events) for _ in range(warm)), speed=speed)
     wait_processed(metrics_url, args.pipeline, warm)
     before = scrape(metrics_url)
     latencies.clear()
-    report = produce(s, args.pipeline, only_events, speed=args.rate / eps)
+    report = produce(s, args.pipeline, only_events, speed=speed)
     m = wait_processed(metrics_url, args.pipeline, events)
     time.sleep(1)
     stop.set()

@@ -68,18 +68,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.kafka_admin import ensure_pipeline_topics
     from driftline.producer import produce
-    from streams.generators import GENERATORS, generate
+    from streams.generators import generate_history
 
     ensure_pipeline_topics(settings, args.pipeline)
     overrides = {} if args.label_delay is None else {"label_delay": args.label_delay}
-    eps = GENERATORS[args.pipeline][1].events_per_second
     # The stream is replayed history ending now: `rate` events per wall-clock second, while
     # event time advances at the generator's own (slower, realistic) pace.
-    config, emissions = generate(args.pipeline, events=args.events, seed=args.seed,
-                                 start_time=time.time() - args.events / eps,
-                                 run_id=args.run_id or uuid.uuid4().hex[:8], **overrides)
+    config, emissions = generate_history(args.pipeline, args.events, time.time(),
+                                         seed=args.seed,
+                                         run_id=args.run_id or uuid.uuid4().hex[:8], **overrides)
     report = produce(settings, args.pipeline, emissions,
-                     speed=None if args.no_pace else args.rate / eps,
+                     speed=None if args.no_pace else args.rate / config.events_per_second,
                      malformed_every=args.malformed_every,
                      on_progress=lambda r: print(f"sent {r.events} events, {r.labels} labels "
                                                  f"({r.events_per_second:.0f} events/s)",

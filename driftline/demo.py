@@ -25,7 +25,7 @@ from driftline.producer import ProduceReport, kafka_producer, produce
 from driftline.stack import LocalStack
 from driftline.stores import RedisKeys, delete_namespace_keys
 from monitoring.scrape import Scrape, scrape
-from streams.generators import GENERATORS, generate
+from streams.generators import generate_history
 from streams.generators.fraud import probe_cases
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
@@ -74,12 +74,10 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
 def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: float,
                        metrics_url: str, api_url: str, run_id: str) -> int:
     spec = PIPELINES[pipeline]
-    events = int(seconds * rate)
-    eps = GENERATORS[pipeline][1].events_per_second
     # Replayed history that ends now, `speed` times faster than it happened.
-    config, emissions = generate(pipeline, events=events, start_time=time.time() - events / eps,
-                                 run_id=run_id)
-    speed = rate / eps
+    config, emissions = generate_history(pipeline, int(seconds * rate), time.time(),
+                                         run_id=run_id)
+    speed = rate / config.events_per_second
     report = ProduceReport()
     done = threading.Event()
     labels: list[float] = []

@@ -8,6 +8,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from driftline.config import Settings
+from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 
 
@@ -47,8 +48,6 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 3
 
 
 def ensure_pipeline_topics(settings: Settings, pipeline: str) -> PipelineTopics:
-    from streams.pipelines import PIPELINES
-
     topics = PipelineTopics.for_spec(PIPELINES[pipeline], settings.namespace)
     ensure_topics(settings, topics.partitions(settings.partitions))
     return topics

@@ -25,3 +25,16 @@ def generate(name: str, **overrides: Any) -> tuple[Any, Iterator[Emission]]:
     cls, default = GENERATORS[name]
     config = replace(default, **overrides)
     return config, cls(config).emissions()
+
+
+def generate_history(name: str, events: int, now: float,
+                     **overrides: Any) -> tuple[Any, Iterator[Emission]]:
+    """A stream of ``events`` that ends at ``now``, at the generator's own event-time rate:
+    history to replay faster than it happened (``rate / config.events_per_second`` times).
+
+    >>> config, _ = generate_history("fraud", events=100, now=1_000.0)
+    >>> config.start_time + config.events / config.events_per_second
+    1000.0
+    """
+    eps = overrides.get("events_per_second", GENERATORS[name][1].events_per_second)
+    return generate(name, events=events, start_time=now - events / eps, **overrides)

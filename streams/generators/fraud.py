@@ -65,6 +65,7 @@ class FraudGenerator:
         self.cards = [self._new_card(i) for i in range(config.cards)]
         self._made = 0
         self._queue = EmissionQueue()
+        self._ends = config.start_time + config.events / config.events_per_second
 
     def _new_card(self, i: int) -> _Card:
         r = self.rng
@@ -85,11 +86,10 @@ class FraudGenerator:
     def _normal_or_fraud(self, now: float) -> None:
         r = self.rng
         u = r.random()
-        ends = self.c.start_time + self.c.events / self.c.events_per_second
         if u < self.c.card_testing_rate:
             # A burst starts only if it can run its course before the stream ends: a cut
             # burst leaves only its first, hardest-to-tell charges in the last labels.
-            if now + MAX_BURST_SECONDS <= ends:
+            if now + MAX_BURST_SECONDS <= self._ends:
                 self._card_testing(now)
             else:
                 self._normal(now)

@@ -11,15 +11,17 @@ import uuid
 from collections.abc import Callable, Iterable
 
 import pytest
+import redis
 from confluent_kafka import Producer
 
 from driftline.config import Settings
 from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
 from driftline.processes import api_process, worker_process
 from driftline.stack import LocalStack
-from driftline.stores import delete_namespace_keys
+from driftline.stores import RedisKeys, delete_namespace_keys
 from driftline.topic_reader import read_topic
 from monitoring.scrape import scrape
+from streams.catalog.fraud import FRAUD
 from streams.topics import PipelineTopics
 
 
@@ -50,7 +52,7 @@ def settings(tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="session")
 def topics(settings) -> PipelineTopics:
-    return PipelineTopics.for_pipeline("fraud", settings.namespace)
+    return PipelineTopics.for_spec(FRAUD, settings.namespace)
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +95,18 @@ def send(settings: Settings, topic: str, records: Iterable[tuple[str | None, byt
 def read_all(settings: Settings, topic: str, timeout: float = 30.0) -> list[dict]:
     """Every record of ``topic`` up to its current end, decoded from JSON."""
     return [json.loads(r.value) for r in read_topic(settings, topic, timeout)]
+
+
+def redis_features(settings: Settings, pipeline: str, entities) -> dict[str, dict]:
+    """Each entity's features as the feature store holds them (its ``_``-fields left out)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix, pipeline)
+    out = {}
+    for entity in entities:
+        raw = client.hgetall(keys.features(entity))
+        out[entity] = {k.decode(): float(v) for k, v in raw.items() if not k.startswith(b"_")}
+    client.close()
+    return out
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str,

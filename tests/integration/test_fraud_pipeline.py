@@ -15,7 +15,7 @@ from driftline.stores import RedisKeys
 from streams.catalog.fraud import FRAUD, Transaction
 from streams.engine import FeatureEngine
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig, probe_cases
-from tests.integration.conftest import read_all, send, wait_for
+from tests.integration.conftest import read_all, redis_features, send, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -77,12 +77,9 @@ def recompute(events: list[Transaction]):
 
 def test_features_in_redis_equal_a_recomputation_from_the_same_events(settings, run):
     _, latest = recompute(run["events"])
-    r = redis.Redis.from_url(settings.redis_url)
-    keys = RedisKeys(settings.redis_prefix, "fraud")
+    stored = redis_features(settings, "fraud", latest)
     for card, expected in latest.items():
-        stored = {k.decode(): v for k, v in r.hgetall(keys.features(card)).items()}
-        got = {k: float(v) for k, v in stored.items() if not k.startswith("_")}
-        assert got == expected, card
+        assert stored[card] == expected, card
 
 
 def test_the_model_learned_exactly_one_update_per_label(settings, topics, run, worker_metrics):

@@ -8,17 +8,16 @@ import time
 import uuid
 
 import pytest
-import redis
 
 from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
 from driftline.processes import worker_process
-from driftline.stores import RedisKeys, delete_namespace_keys
+from driftline.stores import delete_namespace_keys
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
 from streams.parity import recompute
 from streams.topics import PipelineTopics
-from tests.integration.conftest import free_port, send, wait_for
+from tests.integration.conftest import free_port, redis_features, send, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +32,6 @@ def own_settings(settings):
     yield s
     delete_namespace_topics(s)
     delete_namespace_keys(s)
-
-
-def redis_features(settings, cards):
-    r = redis.Redis.from_url(settings.redis_url)
-    keys = RedisKeys(settings.redis_prefix, "fraud")
-    out = {}
-    for card in cards:
-        raw = r.hgetall(keys.features(card))
-        out[card] = {k.decode(): float(v) for k, v in raw.items() if not k.startswith(b"_")}
-    return out
 
 
 def test_killed_worker_restores_its_tables_and_features_match(own_settings, logs):
@@ -73,10 +62,10 @@ def test_killed_worker_restores_its_tables_and_features_match(own_settings, logs
     second = worker_process(s, logs / "recovery").start()
     try:
         try:
-            wait_for(lambda: redis_features(s, expected) == expected, 120,
+            wait_for(lambda: redis_features(s, "fraud", expected) == expected, 120,
                      "every card's features equal to an uninterrupted run")
         except AssertionError:
-            got = redis_features(s, expected)
+            got = redis_features(s, "fraud", expected)
             bad = [c for c in expected if got[c] != expected[c]]
             diffs = {k: (got[bad[0]].get(k), v) for k, v in expected[bad[0]].items()
                      if got[bad[0]].get(k) != v}
