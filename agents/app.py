@@ -8,6 +8,11 @@ malformed record becomes a dead letter with a reason instead of a codec crash.
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
+import signal
+
 import faust
 
 from agents.faust_fixes import flush_waits_for_delivery
@@ -15,6 +20,13 @@ from agents.pipeline import PipelineAgents
 from driftline.config import Settings
 from monitoring.metrics import exposition
 from streams.pipelines import PIPELINES
+
+
+def _dump_tasks() -> None:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=out)
+    logging.getLogger(__name__).warning("asyncio tasks:\n%s", out.getvalue())
 
 
 def create_app(settings: Settings, pipelines: list[str] | None = None) -> faust.App:
@@ -41,6 +53,13 @@ def create_app(settings: Settings, pipelines: list[str] | None = None) -> faust.
     app.driftline_pipelines = [
         PipelineAgents(app, settings, PIPELINES[name]) for name in (pipelines or list(PIPELINES))
     ]
+
+    @app.task
+    async def dump_tasks_on_sigusr1() -> None:
+        # `kill -USR1 <pid>` logs what every asyncio task is waiting on: the first thing
+        # to look at when a worker seems stuck.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
 
     @app.page("/metrics")
     async def metrics(web, request):

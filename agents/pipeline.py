@@ -5,7 +5,9 @@
     <p>.events --score--> <p>.predictions, Redis features, <p>.join (snapshot)
     <p>.labels --forward--> <p>.join (label)
     <p>.join   --join--> <p>.training      (table of pending snapshots/labels by event id)
-    <p>.training --learn--> model snapshots in Redis   (one partition: one writer)
+    <p>.training --learn--> model snapshots + checkpoint in Redis (one partition: one writer)
+                            drift detections --> <p>.control
+    <p>.control --control--> promotions and rollbacks swap the learner's model
     anything malformed --> <p>.deadletter, with the reason
 
 Every agent runs with concurrency 1: faust-streaming can commit past an in-flight
@@ -14,8 +16,10 @@ message with more (its issue 606), and at-least-once matters here.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import heapq
+import json
 import logging
 import time
 from typing import Any
@@ -25,12 +29,22 @@ import faust
 from agents.faust_fixes import GapFiller
 from driftline.config import Settings
 from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, connect
+from driftline.topic_reader import read_range
 from monitoring import metrics as m
+from online_models import evaluation
 from online_models.learner import OnlineLearner
 from online_models.spec import build_model, predict
 from streams.declarations import PipelineSpec
 from streams.engine import DuplicateEvent, FeatureEngine, LateEvent
-from streams.schemas import DeadLetter, InvalidRecord, Prediction, Snapshot, TrainingExample, parse
+from streams.schemas import (
+    ControlEvent,
+    DeadLetter,
+    InvalidRecord,
+    Prediction,
+    Snapshot,
+    TrainingExample,
+    parse,
+)
 from streams.topics import PipelineTopics
 
 log = logging.getLogger(__name__)
@@ -59,6 +73,7 @@ class PipelineAgents:
         self.training_topic = _raw_topic(app, t.training)
         self.predictions_topic = _raw_topic(app, t.predictions)
         self.deadletter_topic = _raw_topic(app, t.deadletter)
+        self.control_topic = _raw_topic(app, t.control)
 
         table_opts: dict[str, Any] = dict(partitions=settings.partitions, key_type=str)
         # Per-entity window state; its changelog restores it after a restart.
@@ -74,6 +89,8 @@ class PipelineAgents:
 
         self.keys = RedisKeys(settings.redis_prefix, self.name)
         self.learner: OnlineLearner | None = None
+        # Learning and a model swap never interleave.
+        self._learning = asyncio.Lock()
         self._published_updates = 0
         self._published_at = 0.0
         self.live: LiveModel | None = None
@@ -82,6 +99,7 @@ class PipelineAgents:
         app.agent(self.labels_topic, name=f"{self.name}-labels")(self.forward_labels)
         app.agent(self.join_topic, name=f"{self.name}-join")(self.join)
         app.agent(self.training_topic, name=f"{self.name}-learn")(self.learn)
+        app.agent(self.control_topic, name=f"{self.name}-control")(self.control)
         app.task(self.on_start)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.timer(settings.model_refresh_seconds)(self.refresh_model)
@@ -254,51 +272,177 @@ class PipelineAgents:
         await self._consume(stream, "training", self._learn_one)
 
     async def _learn_one(self, event: faust.EventT) -> None:
-        if self.learner is None:
-            self.learner = await self._restore_learner()
-        example = parse(TrainingExample, event.value)
-        if self.learner.learn(example):
+        """Apply the next training example, exactly once across crashes.
+
+        The learner's checkpoint holds the offset of the next example it needs, so it does
+        not depend on Faust's committed offset: an example before it is in the checkpoint
+        already (skipped); one after it means Faust committed past examples the checkpoint
+        does not reflect, which are fetched and applied first.
+        """
+        msg = event.message
+        async with self._learning:
+            learner = await self._learner()
+            if msg.offset < learner.next_offset:
+                m.LABELS_REPLAYED.labels(self.name, "skipped").inc()
+                return
+            if msg.offset > learner.next_offset:
+                missed = await asyncio.to_thread(read_range, self.s, msg.topic, msg.partition,
+                                                 learner.next_offset, msg.offset)
+                for rec in missed:
+                    m.LABELS_REPLAYED.labels(self.name, "fetched").inc()
+                    try:
+                        self._apply(learner, rec.value, rec.offset)
+                    except InvalidRecord as exc:
+                        await self.dead_letter(rec.topic, rec.partition, rec.offset, rec.key,
+                                               rec.value, exc, "training", "invalid")
+            self._apply(learner, event.value, msg.offset)
+            await self._report_drift(learner)
+            if learner.updates - self._published_updates >= self.s.snapshot_every:
+                await self.publish()
+
+    def _apply(self, learner: OnlineLearner, value: bytes, offset: int) -> None:
+        # The offset moves on even for an invalid example: it is dead-lettered, not retried.
+        learner.next_offset = offset + 1
+        example = parse(TrainingExample, value)
+        if learner.learn(example):
             m.LABELS_LEARNED.labels(self.name).inc()
         else:
             m.LABEL_DUPLICATES.labels(self.name).inc()
-        if self.learner.updates - self._published_updates >= self.s.snapshot_every:
-            await self.publish()
 
-    async def _restore_learner(self) -> OnlineLearner:
-        snap = await self.snapshots.load()
-        model = snap.model if snap else build_model(self.p.model)
-        revision, updates = (0, 0)
-        if snap and snap.version.startswith("v"):
-            rev, _, upd = snap.version[1:].partition(".")
-            revision, updates = int(rev), int(upd or 0)
-        self._published_updates = updates
-        return OnlineLearner(self.name, self.p.task, model, revision=revision, updates=updates,
-                             metric_window=self.s.metric_window)
+    async def _learner(self) -> OnlineLearner:
+        """The learner, restored from its checkpoint on first use."""
+        if self.learner is None:
+            learner = None
+            try:
+                learner = await self.snapshots.load_checkpoint()
+            except Exception:  # noqa: BLE001 - e.g. written by an incompatible version
+                log.exception("%s: unreadable learner checkpoint, starting from the snapshot",
+                              self.name)
+            if learner is None:
+                snap = await self.snapshots.load()
+                learner = OnlineLearner(self.p, snap.model if snap else build_model(self.p.model),
+                                        metric_window=self.s.metric_window)
+            self.learner = learner
+            self._published_updates = learner.updates
+            log.info("%s: learner at %s, next training offset %d", self.name, learner.version,
+                     learner.next_offset)
+        return self.learner
+
+    async def _report_drift(self, learner: OnlineLearner) -> None:
+        for d in learner.pop_detections():
+            m.DRIFT_DETECTIONS.labels(self.name, d.kind).inc()
+            log.warning("%s: %s drift detected by %s at %s: %s", self.name, d.kind, d.detector,
+                        learner.version, d.evidence)
+            await self.send_control(ControlEvent(
+                kind=f"{d.kind}_drift", pipeline=self.name, at=time.time(),
+                model_version=learner.version, offset=learner.next_offset - 1,
+                reason=d.detector, evidence={"seen": d.seen, **d.evidence}))
+
+    async def send_control(self, event: ControlEvent) -> None:
+        await self.control_topic.send(key=self.name.encode(), value=event.to_json())
 
     async def publish_if_due(self, *_: Any) -> None:
         if self.learner and self.learner.updates > self._published_updates:
             await self.publish()
 
     async def publish(self) -> None:
+        """Publish the model to the scorers and checkpoint the learner, atomically."""
         learner = self.learner
-        await self.snapshots.publish(learner.model, learner.version)
+        await self.snapshots.publish(learner.model, learner.version, checkpoint=learner)
         self._published_updates = learner.updates
         self._published_at = time.time()
-        stats = learner.metrics()
-        for name, value in stats.items():
-            m.PREQUENTIAL.labels(self.name, name).set(value)
+        by_version = learner.metrics_by_version()
+        for revision, stats in by_version.items():
+            for name, value in stats.items():
+                m.PREQUENTIAL_BY_VERSION.labels(self.name, revision, name).set(value)
+        current = by_version.get(f"v{learner.revision}", {})
+        for name in self.p.metrics:
+            if name in current:
+                m.PREQUENTIAL.labels(self.name, name).set(current[name])
+        drift_stats = learner.feature_drift.last_statistics()
+        for feature, stats in drift_stats.items():
+            for stat, value in stats.items():
+                m.FEATURE_DRIFT.labels(self.name, feature, stat).set(value)
         m.MODEL_UPDATES.labels(self.name).set(learner.updates)
+        m.MODEL_REVISION.labels(self.name).set(learner.revision)
         m.SNAPSHOTS.labels(self.name).inc()
         await self.redis.hset(
             self.keys.learner,
             mapping={
                 "version": learner.version,
+                "revision": learner.revision,
                 "updates": learner.updates,
                 "duplicates": learner.duplicates,
+                "next_offset": learner.next_offset,
                 "published_at": repr(self._published_at),
-                **{k: repr(v) for k, v in stats.items()},
+                "metrics": json.dumps(by_version),
+                "feature_drift": json.dumps(drift_stats),
             },
         )
+
+    # ---- control: promotions and rollbacks swap the learner's model ------------------
+
+    async def control(self, stream: faust.StreamT) -> None:
+        await self._consume(stream, "control", self._control_one)
+
+    async def _control_one(self, event: faust.EventT) -> None:
+        ev = parse(ControlEvent, event.value)
+        m.CONTROL_EVENTS.labels(self.name, ev.kind).inc()
+        if ev.kind == "promoted" and ev.registry_version is not None:
+            await self._swap_to(ev)
+
+    async def _swap_to(self, ev: ControlEvent) -> None:
+        """Make registry version ``ev.registry_version`` the model learned and served.
+
+        Its training data ends at some offset of the training topic; the examples the
+        learner applied after that (at most one retrain window of them) are applied to it
+        too before the swap, so it starts as up to date as the model it replaces.
+        """
+        async with self._learning:
+            learner = await self._learner()
+            if learner.revision == ev.registry_version:
+                return  # redelivered: swapped already
+            started = time.perf_counter()
+            model, lineage = await asyncio.to_thread(self._load_registered, ev.registry_version)
+            window = self.p.retrain.window
+            end = lineage.end_offset if lineage.end_offset is not None else -1
+            catch_from = max(end + 1, learner.next_offset - window, 0)
+            first = catch_from if lineage.start_offset is None else min(lineage.start_offset,
+                                                                         catch_from)
+            records = await asyncio.to_thread(read_range, self.s, self.topics.training, 0,
+                                              first, learner.next_offset)
+            reference, caught_up = [], 0
+            for rec in records:
+                try:
+                    example = parse(TrainingExample, rec.value)
+                except InvalidRecord:
+                    continue
+                if rec.offset <= end:
+                    reference.append(example.features)
+                if rec.offset >= catch_from:
+                    model.learn_one(example.features,
+                                    evaluation.as_label(self.p.task, example.label))
+                    caught_up += 1
+            if not reference:  # nothing known of its data: start from what it caught up on
+                reference = [parse(TrainingExample, r.value).features for r in records]
+            learner.swap(model, ev.registry_version,
+                         reference[-self.p.drift.reference_size:])
+            await self.publish()
+            m.MODEL_PROMOTIONS.labels(self.name, ev.reason or "unknown").inc()
+            log.warning("%s: now serving registry version %d (%s), caught up on %d examples "
+                        "in %.2fs", self.name, ev.registry_version, ev.reason, caught_up,
+                        time.perf_counter() - started)
+
+    def _load_registered(self, version: int):
+        registry = self.registry
+        return registry.load(self.name, version), registry.get(self.name, version).lineage
+
+    @functools.cached_property
+    def registry(self):
+        # MLflow is imported on first use only: most workers never swap a model.
+        from online_models.registry import Registry
+
+        return Registry.from_settings(self.s)
 
     # ---- the consuming loop and dead letters ------------------------------------------
 
@@ -314,24 +458,25 @@ class PipelineAgents:
             await self._handle_one(event, kind, handle)
 
     async def _handle_one(self, event, kind: str, handle) -> None:
+        msg = event.message
+        where = (msg.topic, msg.partition, msg.offset, event.key, event.value)
         try:
             await handle(event)
         except InvalidRecord as exc:
-            await self.dead_letter(event, exc, kind, "invalid")
+            await self.dead_letter(*where, exc, kind, "invalid")
         except Exception as exc:  # noqa: BLE001 - an outage or a bug: park, carry on
             log.exception("%s: processing failed, dead-lettering", kind)
             await self.dead_letter(
-                event, InvalidRecord({"$": f"processing failed: {exc!r}"}), kind, "error")
+                *where, InvalidRecord({"$": f"processing failed: {exc!r}"}), kind, "error")
 
-    async def dead_letter(
-        self, event: faust.EventT, exc: InvalidRecord, kind: str, cause: str
-    ) -> None:
-        msg, key, value = event.message, event.key, event.value
+    async def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
+                          value: bytes | None, exc: InvalidRecord, kind: str,
+                          cause: str) -> None:
         reason = "; ".join(f"{f}: {r}" for f, r in exc.errors.items())
         letter = DeadLetter(
-            source_topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
             key=key.decode(errors="replace") if key else None,
             value=(value or b"").decode(errors="replace"),
             error=reason,
@@ -341,6 +486,4 @@ class PipelineAgents:
         await self.deadletter_topic.send(key=key, value=letter.to_json())
         m.EVENTS.labels(self.name, kind, "deadletter").inc()
         m.DEADLETTERS.labels(self.name, f"{cause}_{kind}").inc()
-        log.warning(
-            "dead-lettered %s %s:%s@%s: %s", kind, msg.topic, msg.partition, msg.offset, reason
-        )
+        log.warning("dead-lettered %s %s:%s@%s: %s", kind, topic, partition, offset, reason)

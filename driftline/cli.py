@@ -43,13 +43,19 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from agents.app import create_app
+    from agents.faust_fixes import discard_state_after_crash, mark_clean_shutdown
     from driftline.kafka_admin import ensure_pipeline_topics
 
     for pipeline in args.pipeline:
         ensure_pipeline_topics(settings, pipeline)
+    state_dir = settings.data_dir / "worker" / settings.app_id
+    discard_state_after_crash(state_dir)
     app = create_app(settings, args.pipeline)
     worker = faust.Worker(app, loglevel=settings.log_level)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:  # reached on SIGTERM or SIGINT, never on a kill -9
+        mark_clean_shutdown(state_dir)
     return 0
 
 
@@ -62,6 +68,56 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     web.run_app(create_app(settings), host=args.host or settings.api_host,
                 port=args.port or settings.api_port, access_log=None)
+    return 0
+
+
+def _retrainer(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.kafka_admin import ensure_pipeline_topics
+    from online_models.retrainer import run_retrainer
+
+    for pipeline in args.pipeline:
+        ensure_pipeline_topics(settings, pipeline)
+    run_retrainer(settings, args.pipeline)
+    return 0
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from online_models import lifecycle
+    from online_models.registry import Registry
+
+    if args.action == "retrain":
+        lifecycle.request_retrain(settings, args.pipeline, requested_by="cli")
+        print(f"{args.pipeline}: retrain requested")
+        return 0
+    registry = Registry.from_settings(settings)
+    try:
+        if args.action == "list":
+            versions = registry.versions(args.pipeline)
+            if args.json:
+                print(json.dumps([v.to_dict() for v in versions], indent=2))
+            for v in versions if not args.json else []:
+                lin = v.lineage
+                span = (f"offsets {lin.start_offset}-{lin.end_offset}"
+                        if lin.start_offset is not None else "online model")
+                figures = " ".join(f"{k}={x:.4f}" for k, x in sorted(v.metrics.items()))
+                print(f"{'*' if v.champion else ' '} v{v.version:<3} {lin.reason:<9} "
+                      f"parent={lin.parent} {lin.spec} {span} {figures}")
+            if not versions:
+                print(f"{args.pipeline}: no registered versions")
+            return 0
+        if args.action == "promote":
+            if args.version is None:
+                print("error: promote needs a version", file=sys.stderr)
+                return 2
+            mv = lifecycle.promote(settings, registry, args.pipeline, args.version)
+        else:
+            mv = lifecycle.rollback(settings, registry, args.pipeline)
+    except (KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.pipeline}: champion is now v{mv.version}; the learner swaps it in")
     return 0
 
 
@@ -121,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a pipeline to run (repeatable; default: all declared)")
     p.set_defaults(func=_worker)
 
+    p = sub.add_parser("retrainer", help="run the retrainer: drift-triggered full retrains")
+    p.add_argument("--pipeline", action="append", default=None, choices=sorted(PIPELINES),
+                   help="a pipeline to watch (repeatable; default: all declared)")
+    p.set_defaults(func=_retrainer)
+
+    p = sub.add_parser("models", help="the model registry: list, promote, rollback, retrain")
+    p.add_argument("action", choices=["list", "promote", "rollback", "retrain"])
+    p.add_argument("pipeline", choices=sorted(PIPELINES))
+    p.add_argument("version", type=int, nargs="?", help="the registry version to promote")
+    p.add_argument("--json", action="store_true", help="list as JSON")
+    p.set_defaults(func=_models)
+
     p = sub.add_parser("serve", help="run the scoring API")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -158,6 +226,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    if getattr(args, "pipeline", None) is None and args.command == "worker":
+    if getattr(args, "pipeline", None) is None and args.command in ("worker", "retrainer"):
         args.pipeline = sorted(PIPELINES)
     sys.exit(args.func(args, Settings.from_env()))

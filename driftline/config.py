@@ -60,6 +60,13 @@ class Settings:
     label_delay_bound_seconds: float = 3600.0
     # Window of the rolling prequential metrics, in labels (DRIFTLINE_METRIC_WINDOW).
     metric_window: int = 2000
+    # The model registry: an MLflow tracking URI, by default a SQLite file in the data dir
+    # (DRIFTLINE_REGISTRY_URI), and where a local registry keeps its artifacts
+    # (DRIFTLINE_REGISTRY_ARTIFACTS; default: <data dir>/registry/artifacts).
+    registry_uri: str = ""
+    registry_artifacts: str = ""
+    # The retrainer's HTTP port, which serves its /metrics (DRIFTLINE_RETRAINER_PORT).
+    retrainer_port: int = 6067
     # Log level of the services (DRIFTLINE_LOG_LEVEL).
     log_level: str = "info"
 
@@ -68,6 +75,11 @@ class Settings:
             object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
         if not self.redis_url:
             object.__setattr__(self, "redis_url", f"redis://127.0.0.1:{self.redis_port}/0")
+        registry = Path(self.data_dir) / "registry"
+        if not self.registry_uri:
+            object.__setattr__(self, "registry_uri", f"sqlite:///{registry / 'mlflow.db'}")
+        if not self.registry_artifacts:
+            object.__setattr__(self, "registry_artifacts", str(registry / "artifacts"))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -102,6 +114,9 @@ class Settings:
             derived["kafka_bootstrap"] = ""
         if "redis_port" in changes and "redis_url" not in changes:
             derived["redis_url"] = ""
+        if "data_dir" in changes:
+            derived.update({k: "" for k in ("registry_uri", "registry_artifacts")
+                            if k not in changes})
         return replace(self, **{**derived, **changes})
 
     def to_env(self) -> dict[str, str]:

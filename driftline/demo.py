@@ -1,9 +1,10 @@
-"""``driftline demo``: the whole fraud pipeline, live, for about a minute.
+"""``driftline demo``: one pipeline, live, for about a minute.
 
-It brings the local stack up, starts the worker and the API as child processes, streams
-synthetic transactions (with a few malformed ones) and their delayed labels through
-Kafka, prints progress every few seconds, then scores two hand-made cases through the
-API and prints a summary. The stack is left running; ``driftline stack down`` stops it.
+It brings the local stack up, starts the worker, the retrainer and the API as child
+processes, streams the pipeline's synthetic events (with a few malformed ones) and their
+delayed labels through Kafka, prints progress every few seconds, then scores hand-made
+cases through the API, tells the model's life from the control topic and the registry,
+and prints a summary. The stack is left running; ``driftline stack down`` stops it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import redis
 
 from driftline.config import Settings
 from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
-from driftline.processes import api_process, worker_process
+from driftline.processes import api_process, retrainer_process, worker_process
 from driftline.producer import ProduceReport, kafka_producer, produce
 from driftline.stack import LocalStack
 from driftline.stores import RedisKeys, delete_namespace_keys
@@ -33,7 +34,7 @@ from streams.topics import PipelineTopics
 PROGRESS_EVERY = 5.0
 # Events per wall-clock second, kept below what one worker sustains on a 2-core machine
 # (see benchmarks/freshness.py): pricing has long rides, so more labels in flight.
-DEFAULT_RATE = {"fraud": 200.0, "pricing": 100.0}
+DEFAULT_RATE = {"fraud": 200.0, "pricing": 100.0, "agrawal": 200.0}
 
 
 def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
@@ -49,11 +50,12 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
     print(f"namespace {settings.namespace}: topics {settings.namespace}.{pipeline}.*", flush=True)
     ensure_pipeline_topics(settings, pipeline)
     logs = settings.data_dir / "logs"
-    worker = worker_process(settings, logs)
+    worker = worker_process(settings, logs, [pipeline])
+    retrainer = retrainer_process(settings, logs, [pipeline])
     api = api_process(settings, logs)
-    print(f"starting the worker (log: {worker.log_path}) and the API (log: {api.log_path})",
-          flush=True)
+    print(f"starting the worker, the retrainer and the API (logs: {logs})", flush=True)
     worker.start()
+    retrainer.start()
     api.start()
     metrics_url = f"http://127.0.0.1:{settings.worker_port}/metrics"
     api_url = f"http://{settings.api_host}:{settings.api_port}"
@@ -62,13 +64,15 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
                                   run_id)
     finally:
         api.stop()
+        retrainer.stop()
         worker.stop()
         if not keep:
             delete_namespace_topics(settings)
             delete_namespace_keys(settings)
             shutil.rmtree(settings.data_dir / "worker" / settings.app_id, ignore_errors=True)
             print("removed the demo's topics and keys (--keep keeps them)")
-        print("worker and API stopped; the stack is still up (`driftline stack down` stops it)")
+        print("worker, retrainer and API stopped; the stack is still up "
+              "(`driftline stack down` stops it)")
 
 
 def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: float,
@@ -118,6 +122,9 @@ def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: 
     time.sleep(settings.snapshot_seconds + 1)  # the last snapshot reaches Redis and the API
 
     showcase = SHOWCASES[pipeline](settings, api_url, run_id)
+    promoted = _lifecycle_report(settings, api_url, pipeline)
+    if pipeline == "agrawal":
+        showcase = showcase and promoted
 
     final = scrape(metrics_url)
     values = {name: final.value("driftline_prequential_metric", pipeline=pipeline, metric=name)
@@ -199,7 +206,49 @@ def _pricing_showcase(settings: Settings, api_url: str, run_id: str) -> bool:
     return prices["busiest zone"] > prices["quietest zone"]
 
 
-SHOWCASES = {"fraud": _fraud_showcase, "pricing": _pricing_showcase}
+def _no_showcase(settings: Settings, api_url: str, run_id: str) -> bool:
+    return True
+
+
+def _lifecycle_report(settings: Settings, api_url: str, pipeline: str) -> bool:
+    """The control topic's story (drift, retrains, promotions) and the registry; returns
+    whether a retrain promoted a challenger."""
+    from driftline.topic_reader import read_topic
+    from streams.schemas import ControlEvent, parse
+
+    print(f"\n-- the model's life (<p>.control, GET /v1/models/{pipeline}) --", flush=True)
+    topic = PipelineTopics.for_spec(PIPELINES[pipeline], settings.namespace).control
+    promoted = False
+    for rec in read_topic(settings, topic):
+        ev = parse(ControlEvent, rec.value)
+        e = ev.evidence
+        if ev.kind.endswith("_drift"):
+            detail = (f"error {e.get('error_mean_before', float('nan')):.2f} -> "
+                      f"{e.get('error_mean_recent', float('nan')):.2f} ({e.get('direction')})"
+                      if ev.kind == "concept_drift" else f"worst feature {e.get('worst')}")
+            print(f"{ev.kind:<17} at {ev.model_version:<10} by {ev.reason}: {detail}")
+        elif ev.kind in ("retrain_rejected", "promoted") and "metric" in e:
+            m = e["metric"]
+            print(f"{ev.kind:<17} challenger {m} {e['challenger'][m]:.3f} vs champion "
+                  f"{e['champion'][m]:.3f} on {e['holdout_examples']} hold-out labels"
+                  + (f" -> registry v{ev.registry_version}" if ev.registry_version else ""))
+            promoted = promoted or ev.kind == "promoted"
+        else:
+            print(f"{ev.kind:<17} {ev.reason}")
+    status = json.loads(urllib.request.urlopen(f"{api_url}/v1/models/{pipeline}",
+                                               timeout=30).read())
+    print(f"serving          {status['serving']['version']}")
+    for rev, stats in status["prequential"].items():
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in stats.items() if k != "labels")
+        print(f"prequential {rev:<4} {figures} ({stats['labels']:.0f} labels)")
+    for v in status.get("registry", {}).get("versions", []):
+        lineage = v["lineage"]
+        print(f"registry v{v['version']}{' (champion)' if v['champion'] else ''}: "
+              f"{lineage['reason']}, parent {lineage['parent']}, {lineage['examples']} examples")
+    return promoted
+
+
+SHOWCASES = {"fraud": _fraud_showcase, "pricing": _pricing_showcase, "agrawal": _no_showcase}
 
 
 def _processed(s: Scrape, pipeline: str) -> float:
@@ -219,9 +268,10 @@ def _progress_line(t: float, rate: float, s: Scrape, base: Scrape, pipeline: str
     learned = _delta(s, base, "driftline_labels_learned_total", pipeline)
     auc = s.value("driftline_prequential_metric", pipeline=pipeline, metric=headline)
     updates = s.value("driftline_model_updates", pipeline=pipeline)
+    revision = s.value("driftline_model_revision", pipeline=pipeline)
     processed = _processed(s, pipeline) - _processed(base, pipeline)
     print(f"{t:5.0f}  {rate:8.0f}  {processed:9.0f}  {_dead(s, base, pipeline):4.0f}  "
-          f"{learned:7.0f}  {auc:8.3f}  v0.{updates:.0f}", flush=True)
+          f"{learned:7.0f}  {auc:8.3f}  v{revision:.0f}.{updates:.0f}", flush=True)
 
 
 def _send_histories(settings: Settings, pipeline: str, events) -> None:

@@ -64,10 +64,22 @@ class ServiceProcess:
             self.proc.wait()
 
 
-def worker_process(settings: Settings, log_dir: Path) -> ServiceProcess:
-    return ServiceProcess("worker", ["worker"], settings,
+def _only(pipelines: list[str] | None) -> list[str]:
+    return [arg for p in pipelines or [] for arg in ("--pipeline", p)]
+
+
+def worker_process(settings: Settings, log_dir: Path,
+                   pipelines: list[str] | None = None) -> ServiceProcess:
+    return ServiceProcess("worker", ["worker", *_only(pipelines)], settings,
                           f"http://127.0.0.1:{settings.worker_port}/healthz",
                           log_dir / "worker.log")
+
+
+def retrainer_process(settings: Settings, log_dir: Path,
+                      pipelines: list[str] | None = None) -> ServiceProcess:
+    return ServiceProcess("retrainer", ["retrainer", *_only(pipelines)], settings,
+                          f"http://{settings.worker_host}:{settings.retrainer_port}/metrics",
+                          log_dir / "retrainer.log")
 
 
 def api_process(settings: Settings, log_dir: Path) -> ServiceProcess:

@@ -41,6 +41,10 @@ class RedisKeys:
     def learner(self) -> str:
         return f"{self.prefix}{self.pipeline}:learner"
 
+    @property
+    def checkpoint(self) -> str:
+        return f"{self.prefix}{self.pipeline}:checkpoint"
+
 
 class FeatureStore:
     """One hash per entity: its latest features (readable by anyone) and the window state
@@ -82,22 +86,38 @@ class ModelSnapshot:
 
 
 class SnapshotStore:
-    """The latest model snapshot of a pipeline, written by its one learner."""
+    """The latest model snapshot of a pipeline, written by its one learner, and the
+    learner's checkpoint."""
 
     def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
         self.r = client
         self.keys = keys
 
-    async def publish(self, model: Any, version: str, *, only_if_absent: bool = False) -> bool:
-        """Store ``model`` as ``version``; with ``only_if_absent``, only when none exists."""
+    async def publish(self, model: Any, version: str, *, only_if_absent: bool = False,
+                      checkpoint: Any = None) -> bool:
+        """Store ``model`` as ``version``; with ``only_if_absent``, only when none exists.
+
+        A ``checkpoint`` (the learner, which knows the input offset its model reflects) is
+        written in the same transaction, so the served model and the checkpoint never
+        disagree after a crash."""
         mapping = {"blob": pickle.dumps(model), "version": version,
                    "published_at": repr(time.time())}
         if only_if_absent:
             # HSETNX on the version claims the key; the losers of a race write nothing.
             if not await self.r.hsetnx(self.keys.model, "version", version):
                 return False
-        await self.r.hset(self.keys.model, mapping=mapping)
+        async with self.r.pipeline(transaction=True) as tx:
+            tx.hset(self.keys.model, mapping=mapping)
+            if checkpoint is not None:
+                tx.hset(self.keys.checkpoint, mapping={"state": pickle.dumps(checkpoint),
+                                                       "version": version})
+            await tx.execute()
         return True
+
+    async def load_checkpoint(self) -> Any:
+        """The learner as last checkpointed, or None."""
+        blob = await self.r.hget(self.keys.checkpoint, "state")
+        return pickle.loads(blob) if blob is not None else None
 
     async def version(self) -> str | None:
         v = await self.r.hget(self.keys.model, "version")

@@ -57,14 +57,49 @@ LABELS_LEARNED = Counter("driftline_labels_learned_total",
 LABEL_DUPLICATES = Counter("driftline_label_duplicates_total",
                            "Training examples skipped because their event was learned already",
                            ["pipeline"])
+LABELS_REPLAYED = Counter("driftline_labels_replayed_total",
+                          "Training examples met again after a restart: skipped (in the "
+                          "checkpoint already) or fetched (committed past, not checkpointed)",
+                          ["pipeline", "action"])
 PREQUENTIAL = Gauge("driftline_prequential_metric",
-                    "Rolling prequential metric of the served model (predict, then learn)",
+                    "Rolling prequential metric of the current model revision (its served "
+                    "scores against the labels that came later)",
                     ["pipeline", "metric"])
+PREQUENTIAL_BY_VERSION = Gauge("driftline_prequential_metric_by_version",
+                               "Rolling prequential metric of each recent model revision "
+                               "(metric 'labels': how many of its scores were labeled)",
+                               ["pipeline", "model_version", "metric"])
 MODEL_UPDATES = Gauge("driftline_model_updates",
-                      "Online updates of the learner's model since its registry revision",
+                      "Labels learned by the pipeline's online model, over all revisions",
                       ["pipeline"])
+MODEL_REVISION = Gauge("driftline_model_revision",
+                       "Registry version the learner serves and learns (0: never promoted)",
+                       ["pipeline"])
+DRIFT_DETECTIONS = Counter("driftline_drift_detections_total",
+                           "Drift detected by the learner: concept (error stream) or feature",
+                           ["pipeline", "kind"])
+FEATURE_DRIFT = Gauge("driftline_feature_drift",
+                      "Per feature, the last comparison of the live window with the "
+                      "reference: psi, ks, chi2 statistic or p_value",
+                      ["pipeline", "feature", "statistic"])
+CONTROL_EVENTS = Counter("driftline_control_events_total",
+                         "Model lifecycle events seen on the control topic: drift, retrain "
+                         "requests, skips and rejections, promotions",
+                         ["pipeline", "kind"])
+MODEL_PROMOTIONS = Counter("driftline_model_promotions_total",
+                           "Registry versions swapped into the learner and its scorers",
+                           ["pipeline", "reason"])
 SNAPSHOTS = Counter("driftline_model_snapshots_total", "Model snapshots published",
                     ["pipeline"])
+
+# ---- retrainer ----------------------------------------------------------------------
+RETRAINS = Counter("driftline_retrains_total",
+                   "Retrain triggers handled by the retrainer, by outcome (promoted, "
+                   "rejected, skipped_cooldown, skipped_covered, failed)",
+                   ["pipeline", "outcome"])
+RETRAIN_SECONDS = Histogram("driftline_retrain_seconds",
+                            "Reading the window, training and comparing one challenger",
+                            ["pipeline"], buckets=(.5, 1, 2, 5, 10, 20, 30, 60, 120, 300))
 
 # ---- scoring (worker and API) --------------------------------------------------------
 MODEL_SWAPS = Counter("driftline_model_swaps_total",

@@ -1,7 +1,7 @@
 """Quantiles from a Prometheus histogram's cumulative buckets, as ``histogram_quantile``
 computes them (linear within a bucket).
 
->>> histogram_quantile(0.5, [(0.1, 0.0), (0.2, 10.0), (float("inf"), 10.0)])
+>>> round(histogram_quantile(0.5, [(0.1, 0.0), (0.2, 10.0), (float("inf"), 10.0)]), 6)
 0.15
 """
 

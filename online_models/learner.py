@@ -1,54 +1,76 @@
-"""The online learner: applies each labeled example to the model exactly once.
+"""The online learner: the one writer of a pipeline's model.
+
+It applies each labeled example once, in the order of the training topic, and keeps what a
+restart needs in itself, so that pickling it is a checkpoint: the model, the offset of the
+next example to apply, the recent event ids (to skip an example the join emitted twice),
+the prequential metrics per model version and the drift monitors.
 
 Predict-then-learn is structural: a :class:`~streams.schemas.TrainingExample` carries the
-score that was served *before* its label existed, and the learner only ever learns from
-it afterwards, so the prequential metrics below measure the model as it was served.
+score that was served *before* its label existed, and the learner only ever learns from it
+afterwards, so the metrics and the error stream measure the model as it was served.
 
 >>> from online_models.spec import build_model
+>>> from streams.catalog.fraud import FRAUD
 >>> from streams.schemas import TrainingExample
->>> learner = OnlineLearner("fraud", "binary", build_model("fraud_logistic"))
->>> ex = TrainingExample(event_id="e1", entity="c1", event_time=1.0, features={"x": 1.0},
-...                      score=0.5, model_version="v0.0", label=True, label_time=2.0)
+>>> learner = OnlineLearner(FRAUD, build_model(FRAUD.model))
+>>> ex = TrainingExample(event_id="e1", entity="c1", event_time=1.0, features={"amount": 1.0},
+...                      score=0.2, model_version="v0.0", label=False, label_time=2.0)
 >>> learner.learn(ex), learner.learn(ex), learner.updates, learner.duplicates
 (True, False, 1, 1)
+>>> learner.metrics_by_version()["v0"]["accuracy"], learner.version
+(1.0, 'v0.1')
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from river import base, metrics, utils
-
+from monitoring.drift import ConceptDriftMonitor, DriftDetection, FeatureDriftMonitor
+from online_models import evaluation
+from streams.declarations import PipelineSpec
 from streams.schemas import TrainingExample
 
-# Rolling prequential metrics by task, by the names declarations use.
-METRICS = {
-    "binary": {"roc_auc": metrics.ROCAUC, "log_loss": metrics.LogLoss,
-               "accuracy": metrics.Accuracy},
-    "regression": {"mae": metrics.MAE, "rmse": metrics.RMSE},
-}
+
+def revision_of(model_version: str) -> str:
+    """``"v3"`` of ``"v3.1200"``: the registry revision a served score came from."""
+    return model_version.partition(".")[0]
 
 
 class OnlineLearner:
-    def __init__(self, pipeline: str, task: str, model: base.Estimator, *, revision: int = 0,
-                 updates: int = 0, metric_window: int = 2000,
-                 dedupe_window: int = 200_000) -> None:
-        self.pipeline = pipeline
-        self.task = task
+    # Metrics are kept for this many model revisions: the current one, and the ones whose
+    # scores are still being labeled after a swap.
+    KEEP_REVISIONS = 4
+
+    def __init__(self, spec: PipelineSpec, model: Any, *, revision: int = 0,
+                 metric_window: int = 2000, dedupe_window: int = 20_000) -> None:
+        self.pipeline = spec.name
+        self.task = spec.task
+        self.metric_names = spec.metrics
         self.model = model
         self.revision = revision
-        self.updates = updates
+        self.updates = 0        # labels learned by this pipeline, over every revision
         self.duplicates = 0
-        # Redelivery after a rebalance or a crash brings back recent examples only, so a
-        # bounded memory of recent event ids is enough to learn each one once.
+        self.next_offset = 0    # the training-topic offset of the next example to apply
+        # Redelivered duplicates from the join follow their original closely, so a bounded
+        # memory of recent event ids is enough to learn each event once.
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dedupe_window = dedupe_window
-        self.rolling = {name: utils.Rolling(cls, window_size=metric_window)
-                        for name, cls in METRICS[task].items()}
+        self._metric_window = metric_window
+        self._by_version: OrderedDict[str, tuple[dict, list[int]]] = OrderedDict()
+        drift = spec.drift
+        self.concept = ConceptDriftMonitor(drift.concept, **dict(drift.concept_params))
+        self.feature_drift = FeatureDriftMonitor(
+            spec.feature_names, categorical=drift.categorical,
+            reference_size=drift.reference_size, window=drift.window,
+            check_every=drift.check_every, psi_threshold=drift.psi_threshold,
+            p_value=drift.p_value)
+        self._detections: list[DriftDetection] = []
 
     @property
     def version(self) -> str:
-        """``v<revision>.<updates>``: the registry revision and the online updates since."""
+        """``v<revision>.<updates>``: the registry revision and the labels learned."""
         return f"v{self.revision}.{self.updates}"
 
     def learn(self, example: TrainingExample) -> bool:
@@ -59,19 +81,52 @@ class OnlineLearner:
         self._seen[example.event_id] = None
         if len(self._seen) > self._dedupe_window:
             self._seen.popitem(last=False)
-        if self.task == "binary":
-            y = bool(example.label)
-            p = min(max(example.score, 1e-6), 1 - 1e-6)
-            self.rolling["roc_auc"].update(y, p)
-            self.rolling["log_loss"].update(y, p)
-            self.rolling["accuracy"].update(y, p >= 0.5)
-        else:
-            y = float(example.label)
-            for metric in self.rolling.values():
-                metric.update(y, example.score)
-        self.model.learn_one(example.features, y)
+        label = evaluation.as_label(self.task, example.label)
+        ms, count = self._metrics_of(revision_of(example.model_version))
+        evaluation.update(ms, self.task, label, example.score)
+        count[0] += 1
+        detections = [self.feature_drift.update(example.features)]
+        if self._watches(example.model_version):
+            detections.append(
+                self.concept.update(evaluation.error_of(self.task, label, example.score)))
+        self._detections.extend(d for d in detections if d is not None)
+        self.model.learn_one(example.features, label)
         self.updates += 1
         return True
 
-    def metrics(self) -> dict[str, float]:
-        return {name: float(m.get()) for name, m in self.rolling.items()}
+    def _watches(self, model_version: str) -> bool:
+        """Whether a served score belongs on the error stream of the current model: not
+        one of an older revision (labels of its scores keep coming after a swap) and not
+        one of the untrained model (its errors fall fast, which is no drift)."""
+        revision, _, updates = model_version.partition(".")
+        return revision == f"v{self.revision}" and updates not in ("", "0")
+
+    def swap(self, model: Any, revision: int,
+             reference: Iterable[Mapping[str, float]]) -> None:
+        """Serve and learn ``model`` from now on: a promotion or a rollback. ``reference``
+        are the feature rows it was trained on, the new baseline of feature drift."""
+        self.model = model
+        self.revision = revision
+        self.concept.reset()
+        self.feature_drift.set_reference(reference)
+
+    def pop_detections(self) -> list[DriftDetection]:
+        """Drift detected since the last call."""
+        out, self._detections = self._detections, []
+        return out
+
+    def metrics_by_version(self) -> dict[str, dict[str, float]]:
+        """Rolling prequential metrics of each recent model revision, with ``labels``:
+        how many of its scores were labeled."""
+        return {rev: {**evaluation.values(ms), "labels": float(count[0])}
+                for rev, (ms, count) in self._by_version.items()}
+
+    def _metrics_of(self, revision: str) -> tuple[dict, list[int]]:
+        entry = self._by_version.get(revision)
+        if entry is None:
+            entry = (evaluation.new_metrics(self.task, self.metric_names, self._metric_window),
+                     [0])
+            self._by_version[revision] = entry
+            while len(self._by_version) > self.KEEP_REVISIONS:
+                self._by_version.popitem(last=False)
+        return entry

@@ -1,21 +1,29 @@
 """Model specifications: how a pipeline's fresh online model is built, and how it scores.
 
 A spec is a name and a factory, so the learner, the retrainer and tests build identical
-models; a pipeline declaration names its spec. Both shipped models are standardized
-linear models: cheap to learn one example at a time and fast to score in the API.
+models; a pipeline declaration names its spec. The fraud and pricing models are
+standardized linear models: cheap to learn one example at a time and fast to score in the
+API. The agrawal model is a Hoeffding tree (the drift proof's champion and challenger).
 
 >>> model = build_model("fraud_logistic")
 >>> 0.0 <= predict(model, "binary", {"amount": 3.0}) <= 1.0
 True
 >>> predict(build_model("pricing_linear"), "regression", {"distance_km": 3.0})
 0.0
+>>> champion = build_model("agrawal_tree")
+>>> predict(champion, "binary", {"age": 30.0})  # nothing learned yet
+0.5
+>>> for age in (25.0, 50.0, 70.0) * 20:
+...     champion.learn_one({"age": age}, age != 50.0)  # labels are bools: True is positive
+>>> predict(champion, "binary", {"age": 25.0}) > 0.5
+True
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from river import base, compose, linear_model, optim, preprocessing
+from river import base, compose, linear_model, optim, preprocessing, tree
 
 
 def _fraud_logistic() -> base.Classifier:
@@ -34,7 +42,15 @@ def _pricing_linear() -> base.Regressor:
     )
 
 
+def _agrawal_tree() -> base.Classifier:
+    # A plain Hoeffding tree never revises a split: after a drift it recovers only as its
+    # leaves fill with new labels, which is what a retrain from scratch is there to fix.
+    # A short grace period lets a fresh tree split after tens of labels, not hundreds.
+    return tree.HoeffdingTreeClassifier(grace_period=50)
+
+
 MODELS: dict[str, Callable[[], base.Estimator]] = {
+    "agrawal_tree": _agrawal_tree,
     "fraud_logistic": _fraud_logistic,
     "pricing_linear": _pricing_linear,
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 
@@ -20,6 +21,7 @@ from aiohttp import web
 from driftline.config import Settings
 from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, connect
 from monitoring import metrics as m
+from online_models import lifecycle
 from online_models.spec import predict
 from streams.engine import FeatureEngine
 from streams.pipelines import PIPELINES
@@ -31,6 +33,7 @@ SETTINGS = web.AppKey("settings", Settings)
 MODELS = web.AppKey("models", dict)
 REDIS = web.AppKey("redis", object)
 ENGINES = web.AppKey("engines", dict)
+REGISTRY = web.AppKey("registry", object)
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -91,6 +94,86 @@ async def score_event(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+# ---- models: versions, prequential metrics, registry; admin actions ------------------------
+
+def _pipeline_or_404(request: web.Request) -> str:
+    name = request.match_info["pipeline"]
+    if name not in PIPELINES:
+        raise web.HTTPNotFound(reason=f"unknown pipeline {name!r}")
+    return name
+
+
+def _registry(app: web.Application):
+    # MLflow is imported on the first models request only; the scoring path never needs it.
+    if app.get(REGISTRY) is None:
+        from online_models.registry import Registry
+
+        app[REGISTRY] = Registry.from_settings(app[SETTINGS])
+    return app[REGISTRY]
+
+
+async def model_status(request: web.Request) -> web.Response:
+    """What serves, how each recent version did (prequential), and the registry."""
+    name = _pipeline_or_404(request)
+    live: LiveModel = request.app[MODELS][name]
+    keys = RedisKeys(request.app[SETTINGS].redis_prefix, name)
+    raw = {k.decode(): v.decode()
+           for k, v in (await request.app[REDIS].hgetall(keys.learner)).items()}
+    learner = {k: raw[k] for k in ("version", "revision", "updates", "duplicates",
+                                    "next_offset", "published_at") if k in raw}
+    body = {
+        "pipeline": name,
+        "task": PIPELINES[name].task,
+        "serving": {"version": live.current.version if live.current else None,
+                    "published_at": live.current.published_at if live.current else None},
+        "learner": learner,
+        "prequential": json.loads(raw.get("metrics", "{}")),
+        "feature_drift": json.loads(raw.get("feature_drift", "{}")),
+    }
+    try:
+        versions = await asyncio.to_thread(lambda: _registry(request.app).versions(name))
+        body["registry"] = {
+            "champion": next((v.version for v in versions if v.champion), None),
+            "versions": [v.to_dict() for v in versions],
+        }
+    except Exception as exc:  # noqa: BLE001 - the rest of the status is still worth having
+        log.warning("registry unavailable", exc_info=True)
+        body["registry"] = {"error": f"registry unavailable: {exc}"}
+    return web.json_response(body)
+
+
+async def promote_model(request: web.Request) -> web.Response:
+    name = _pipeline_or_404(request)
+    try:
+        payload = await request.json()
+    except ValueError:
+        return error(422, "invalid body", {"$": "not valid JSON"})
+    version = payload.get("version") if isinstance(payload, dict) else None
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return error(422, "invalid body", {"version": "a registry version number is required"})
+    return await _admin_action(request, lambda s, r: lifecycle.promote(s, r, name, version))
+
+
+async def rollback_model(request: web.Request) -> web.Response:
+    name = _pipeline_or_404(request)
+    return await _admin_action(request, lambda s, r: lifecycle.rollback(s, r, name))
+
+
+async def retrain_model(request: web.Request) -> web.Response:
+    name = _pipeline_or_404(request)
+    await asyncio.to_thread(lifecycle.request_retrain, request.app[SETTINGS], name, "api")
+    return web.json_response({"pipeline": name, "retrain": "requested"}, status=202)
+
+
+async def _admin_action(request: web.Request, action) -> web.Response:
+    app = request.app
+    try:
+        mv = await asyncio.to_thread(lambda: action(app[SETTINGS], _registry(app)))
+    except (KeyError, ValueError) as exc:
+        return error(409 if isinstance(exc, ValueError) else 404, str(exc).strip("'\""))
+    return web.json_response({"champion": mv.to_dict(), "swap": "requested"}, status=202)
+
+
 async def healthz(request: web.Request) -> web.Response:
     models = {name: (live.current.version if live.current else None)
               for name, live in request.app[MODELS].items()}
@@ -134,6 +217,11 @@ def create_app(settings: Settings) -> web.Application:
     app[ENGINES] = {name: FeatureEngine(spec) for name, spec in PIPELINES.items()}
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/score/{pipeline}", score_event)
+    app.router.add_get("/v1/models/{pipeline}", model_status)
+    # Admin actions; they will need the admin role once the API has authentication.
+    app.router.add_post("/v1/models/{pipeline}/promote", promote_model)
+    app.router.add_post("/v1/models/{pipeline}/rollback", rollback_model)
+    app.router.add_post("/v1/models/{pipeline}/retrain", retrain_model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal
 
 from streams.schemas import Record
 
@@ -101,6 +101,45 @@ class Derived:
 Feature = Raw | Agg | SincePrevious | Ewma | FirstSeen | Derived
 
 
+def asdict_shallow(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields, values as they are (``asdict`` would copy functions)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """How a pipeline watches its model: concept drift on the served error stream (0/1
+    errors of a classifier, absolute errors of a regression) and feature drift between the
+    rows the serving model was trained on and the most recent rows."""
+
+    concept: Literal["adwin", "page_hinkley"] = "adwin"
+    concept_params: tuple[tuple[str, float], ...] = ()  # passed to River, e.g. (("delta", 0.002),)
+    categorical: tuple[str, ...] = ()     # features compared with chi-squared, not PSI and KS
+    reference_size: int = 2000            # rows (labels) in the reference window
+    window: int = 2000                    # rows in the sliding live window
+    check_every: int = 500                # live rows between two feature comparisons
+    psi_threshold: float = 0.25
+    p_value: float = 0.001
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """What a drift detection (or a manual request) leads to: a challenger trained from
+    scratch on recent training examples, promoted only when it beats the champion."""
+
+    model: str | None = None      # the challenger's spec; default: the pipeline's model
+    window: int = 3000            # most recent training examples read, the hold-out included
+    holdout: int = 1000           # the newest of them, on which both models are compared
+    min_after_drift: int = 1500   # labels after the detection before the window is read
+    metric: str = ""              # compared on the hold-out; default: the first declared metric
+    margin: float = 0.01          # the challenger must be better by this much (absolute)
+    cooldown_seconds: float = 120.0  # no retrain for drift this soon after the previous one
+
+    def __post_init__(self) -> None:
+        if not 0 < self.holdout < self.window:
+            raise ValueError("retrain: holdout must be positive and smaller than window")
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """Everything Driftline needs to know about one pipeline."""
@@ -124,6 +163,8 @@ class PipelineSpec:
     generator: str | None = None          # a key of streams.generators.GENERATORS
     description: str = ""
     max_recent: int = 512                 # events kept per entity, whatever the traffic
+    drift: DriftPolicy = DriftPolicy()
+    retrain: RetrainPolicy = RetrainPolicy()
     feature_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -145,7 +186,41 @@ class PipelineSpec:
         for needed in (self.label_field, self.event_id_field, self.label_time_field):
             if needed not in self.label_type.model_fields:
                 raise ValueError(f"{self.name}: the label has no field {needed!r}")
+        for name in self.drift.categorical:
+            if name not in names:
+                raise ValueError(f"{self.name}: drift.categorical names unknown feature {name!r}")
+        if self.retrain.metric and self.retrain.metric not in self.metrics:
+            raise ValueError(f"{self.name}: retrain.metric {self.retrain.metric!r} is not one "
+                             f"of the declared metrics {self.metrics}")
         object.__setattr__(self, "feature_names", tuple(names))
+
+    def describe(self) -> dict[str, Any]:
+        """The declaration as JSON-ready data: the lineage of every model trained from it.
+
+        >>> from streams.catalog.fraud import FRAUD
+        >>> d = FRAUD.describe()
+        >>> d["model"], d["features"][0], d["retrain"]["holdout"]
+        ('fraud_logistic', {'kind': 'Raw', 'name': 'amount', 'field': None}, 1000)
+        """
+        def feature(f: Feature) -> dict[str, Any]:
+            out: dict[str, Any] = {"kind": type(f).__name__}
+            for k, v in asdict_shallow(f).items():
+                out[k] = getattr(v, "__qualname__", None) or (
+                    {"kind": type(v).__name__, **asdict(v)} if is_dataclass(v) else v)
+            return out
+
+        return {
+            "name": self.name, "task": self.task, "model": self.model,
+            "metrics": list(self.metrics), "entity": self.entity_field,
+            "event": self.event_type.__name__, "label": self.label_type.__name__,
+            "features": [feature(f) for f in self.features],
+            "drift": asdict(self.drift), "retrain": asdict(self.retrain),
+        }
+
+    @property
+    def retrain_metric(self) -> str:
+        """The metric champion and challenger are compared on."""
+        return self.retrain.metric or self.metrics[0]
 
     def entity_of(self, event: Record) -> str:
         return str(getattr(event, self.entity_field))

@@ -1,15 +1,16 @@
 """The registry of declared pipelines, by name.
 
 >>> sorted(PIPELINES)
-['fraud', 'pricing']
+['agrawal', 'fraud', 'pricing']
 >>> PIPELINES["pricing"].task
 'regression'
 """
 
 from __future__ import annotations
 
+from streams.catalog.agrawal import AGRAWAL
 from streams.catalog.fraud import FRAUD
 from streams.catalog.pricing import PRICING
 from streams.declarations import PipelineSpec
 
-PIPELINES: dict[str, PipelineSpec] = {p.name: p for p in (FRAUD, PRICING)}
+PIPELINES: dict[str, PipelineSpec] = {p.name: p for p in (AGRAWAL, FRAUD, PRICING)}

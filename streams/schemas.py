@@ -15,7 +15,7 @@ streams.schemas.InvalidRecord: at: Input should be a valid number
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -63,6 +63,21 @@ class TrainingExample(Record):
     model_version: str
     label: bool | float
     label_time: float
+
+
+class ControlEvent(Record):
+    """One step of a model's life, on ``<pipeline>.control``: a drift detection with its
+    evidence, a retrain request, a retrain's outcome, a promotion or a rollback."""
+
+    kind: Literal["concept_drift", "feature_drift", "retrain_requested", "retrain_skipped",
+                  "retrain_rejected", "promoted"]
+    pipeline: str
+    at: float
+    model_version: str = ""            # the version serving when it happened
+    offset: int | None = None          # the training-topic offset it refers to
+    registry_version: int | None = None  # for a promotion: the version to serve
+    reason: str = ""                   # "drift", "manual", "rollback", "cooldown", ...
+    evidence: dict[str, Any] = {}
 
 
 class DeadLetter(Record):

@@ -18,6 +18,7 @@ class PipelineTopics:
     join: str         # worker-internal: snapshots and labels, both keyed by event id
     training: str     # worker -> learner: labeled examples (one partition: one learner)
     deadletter: str   # every consumer -> operators, with the reason
+    control: str      # learner, retrainer, operators: drift, retrains, promotions (one partition)
 
     @classmethod
     def for_pipeline(cls, pipeline: str, namespace: str = "", *, events: str | None = None,
@@ -36,6 +37,7 @@ class PipelineTopics:
                                 labels=spec.labels_topic)
 
     def partitions(self, keyed: int) -> dict[str, int]:
-        """Partition count of each topic: the learner's input and the dead letters have one."""
-        return {name: (1 if kind in ("training", "deadletter") else keyed)
+        """Partition count of each topic: the learner's input, the dead letters and the
+        control events have one (each is read in one total order)."""
+        return {name: (1 if kind in ("training", "deadletter", "control") else keyed)
                 for kind, name in self.__dict__.items()}

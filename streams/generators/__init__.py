@@ -1,7 +1,7 @@
 """Synthetic streams for demos, tests and benchmarks, one per shipped pipeline.
 
 >>> sorted(GENERATORS)
-['fraud', 'pricing']
+['agrawal', 'fraud', 'pricing']
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+from streams.generators.agrawal import AgrawalGenerator, AgrawalStreamConfig
 from streams.generators.base import Emission
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
 from streams.generators.pricing import PricingGenerator, PricingStreamConfig
 
 GENERATORS: dict[str, tuple[type, Any]] = {
+    "agrawal": (AgrawalGenerator, AgrawalStreamConfig()),
     "fraud": (FraudGenerator, FraudStreamConfig()),
     "pricing": (PricingGenerator, PricingStreamConfig()),
 }

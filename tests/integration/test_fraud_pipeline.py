@@ -82,7 +82,8 @@ def test_features_in_redis_equal_a_recomputation_from_the_same_events(settings, 
         assert stored[card] == expected, card
 
 
-def test_the_model_learned_exactly_one_update_per_label(settings, topics, run, worker_metrics):
+def test_the_model_learned_exactly_one_update_per_label(settings, topics, run, worker_metrics,
+                                                        api):
     time.sleep(3)  # anything extra would have been learned by now
     m = worker_metrics()
     assert m.value("driftline_labels_learned_total", pipeline="fraud") == N_EVENTS
@@ -94,6 +95,15 @@ def test_the_model_learned_exactly_one_update_per_label(settings, topics, run, w
     learner = r.hgetall(RedisKeys(settings.redis_prefix, "fraud").learner)
     assert int(learner[b"updates"]) == N_EVENTS
     assert learner[b"version"].decode() == f"v0.{N_EVENTS}"
+    # Prequential metrics of the version that served the scores, as the API reports them.
+    with urllib.request.urlopen(f"http://{settings.api_host}:{settings.api_port}"
+                                f"/v1/models/fraud", timeout=30) as resp:
+        status = json.loads(resp.read())
+    v0 = status["prequential"]["v0"]
+    assert set(v0) == {"roc_auc", "log_loss", "accuracy", "labels"}
+    assert v0["labels"] == N_EVENTS
+    assert 0 < v0["log_loss"] < 5 and 0 <= v0["accuracy"] <= 1
+    assert status["learner"]["updates"] == str(N_EVENTS)
 
 
 def test_each_example_carries_the_features_its_event_was_scored_with(settings, topics, run):

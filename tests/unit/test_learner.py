@@ -1,16 +1,25 @@
+import pickle
+
 from online_models.learner import OnlineLearner
+from online_models.retrain import retrain
 from online_models.spec import build_model, predict
+from streams.catalog.fraud import FRAUD
+from streams.catalog.pricing import PRICING
 from streams.schemas import TrainingExample
 
 
-def example(i, x, y, s=0.5):
+def example(i, x, y, s=0.5, version="v0.1", **features):
     return TrainingExample(event_id=f"e{i}", entity="c", event_time=float(i),
-                           features={"x": x}, score=s, model_version="v0.0", label=y,
-                           label_time=float(i) + 1)
+                           features={"x": x, **features}, score=s, model_version=version,
+                           label=y, label_time=float(i) + 1)
+
+
+def fraud_learner(**kw):
+    return OnlineLearner(FRAUD, build_model(FRAUD.model), **kw)
 
 
 def test_learns_each_event_once_even_when_redelivered():
-    learner = OnlineLearner("fraud", "binary", build_model("fraud_logistic"))
+    learner = fraud_learner()
     for i in range(10):
         assert learner.learn(example(i, float(i), i % 2 == 0))
     for i in range(10):
@@ -19,7 +28,7 @@ def test_learns_each_event_once_even_when_redelivered():
 
 
 def test_learning_moves_the_score_towards_the_labels():
-    learner = OnlineLearner("fraud", "binary", build_model("fraud_logistic"))
+    learner = fraud_learner()
     for i in range(400):
         positive = i % 2 == 0
         learner.learn(example(i, 5.0 if positive else -5.0, positive))
@@ -28,18 +37,30 @@ def test_learning_moves_the_score_towards_the_labels():
 
 
 def test_prequential_metrics_use_the_score_served_before_learning():
-    learner = OnlineLearner("fraud", "binary", build_model("fraud_logistic"))
+    learner = fraud_learner()
     # Served scores that rank perfectly: ROC AUC 1 whatever the model learns meanwhile.
     for i in range(100):
         y = i % 4 == 0
         learner.learn(example(i, 0.0, y, s=0.9 if y else 0.1))
-    m = learner.metrics()
+    m = learner.metrics_by_version()["v0"]
     assert m["roc_auc"] == 1.0
     assert m["accuracy"] == 1.0
+    assert m["labels"] == 100
+
+
+def test_metrics_are_kept_per_model_version_that_served_the_score():
+    learner = fraud_learner()
+    for i in range(50):
+        learner.learn(example(i, 0.0, True, s=0.9, version=f"v1.{i}"))
+    for i in range(50, 80):
+        learner.learn(example(i, 0.0, True, s=0.1, version=f"v2.{i}"))
+    by_version = learner.metrics_by_version()
+    assert by_version["v1"]["accuracy"] == 1.0 and by_version["v1"]["labels"] == 50
+    assert by_version["v2"]["accuracy"] == 0.0 and by_version["v2"]["labels"] == 30
 
 
 def test_dedupe_memory_is_bounded():
-    learner = OnlineLearner("fraud", "binary", build_model("fraud_logistic"), dedupe_window=5)
+    learner = fraud_learner(dedupe_window=5)
     for i in range(10):
         learner.learn(example(i, 0.0, False))
     assert learner.learn(example(0, 0.0, False))  # forgotten: older than the window
@@ -47,9 +68,71 @@ def test_dedupe_memory_is_bounded():
 
 
 def test_regression_learner_tracks_mae_and_rmse_of_served_predictions():
-    learner = OnlineLearner("pricing", "regression", build_model("pricing_linear"))
+    learner = OnlineLearner(PRICING, build_model(PRICING.model))
     for i in range(50):
         learner.learn(example(i, 1.0, 10.0, s=8.0))  # served 8, truth 10
-    m = learner.metrics()
-    assert set(m) == {"mae", "rmse"}
+    m = learner.metrics_by_version()["v0"]
     assert m["mae"] == 2.0 and m["rmse"] == 2.0
+
+
+def test_a_pickled_learner_resumes_where_it_stopped():
+    learner = fraud_learner()
+    for i in range(30):
+        learner.learn(example(i, float(i % 3), i % 3 == 0))
+    learner.next_offset = 30
+    restored = pickle.loads(pickle.dumps(learner))
+    assert (restored.updates, restored.next_offset, restored.version) == (30, 30, "v0.30")
+    assert not restored.learn(example(29, 0.0, True))  # its dedupe memory came along
+    probe = {"x": 2.0}
+    assert predict(restored.model, "binary", probe) == predict(learner.model, "binary", probe)
+
+
+def test_an_abrupt_rise_of_the_error_rate_is_reported_as_concept_drift():
+    learner = fraud_learner()
+    for i in range(3000):
+        y = i % 2 == 0
+        right = (i * 7919) % 10 != 0  # 90% right before the change, 30% after
+        if i >= 2000:
+            right = (i * 7919) % 10 < 3
+        score = (0.9 if y else 0.1) if right else (0.1 if y else 0.9)
+        learner.learn(example(i, 0.0, y, s=score))
+    detections = learner.pop_detections()
+    concept = [d for d in detections if d.kind == "concept"]
+    assert concept, "no concept drift detected"
+    assert learner.pop_detections() == []
+
+
+def test_swap_changes_the_model_and_revision_and_resets_the_reference():
+    learner = fraud_learner()
+    fresh = build_model(FRAUD.model)
+    learner.swap(fresh, 3, [{"x": 1.0}] * 10)
+    assert learner.model is fresh and learner.revision == 3
+    assert learner.version == "v3.0"
+
+
+def test_retrain_promotes_only_a_challenger_better_by_the_margin():
+    # The served scores were uninformative (0.5); the features determine the label.
+    good = [example(i, float(i % 2), bool(i % 2)) for i in range(4000)]
+    outcome = retrain(FRAUD, good)
+    assert outcome.promote and outcome.challenger["roc_auc"] > 0.99
+    # Now the champion served perfect scores: a challenger cannot beat it by the margin.
+    perfect = [example(i, float(i % 2), bool(i % 2), s=0.99 if i % 2 else 0.01)
+               for i in range(4000)]
+    assert not retrain(FRAUD, perfect).promote
+
+
+def test_retrain_reads_each_event_once_and_only_the_latest_window():
+    examples = [example(i, float(i % 2), bool(i % 2)) for i in range(5000)]
+    outcome = retrain(FRAUD, examples + examples[-100:])  # duplicates at the end
+    assert outcome.train_examples + outcome.holdout_examples == FRAUD.retrain.window
+
+
+def test_scores_of_an_older_revision_or_the_untrained_model_do_not_feed_concept_drift():
+    learner = fraud_learner()
+    learner.swap(build_model(FRAUD.model), 2, [])
+    for i in range(3000):
+        wrong = i >= 1000  # every score wrong after 1000: drift, if it were watched
+        y = i % 2 == 0
+        score = (0.1 if y else 0.9) if wrong else (0.9 if y else 0.1)
+        learner.learn(example(i, 0.0, y, s=score, version="v1.500" if i % 2 else "v2.0"))
+    assert [d for d in learner.pop_detections() if d.kind == "concept"] == []

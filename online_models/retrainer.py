@@ -1,0 +1,236 @@
+"""The retrainer (``driftline retrainer``): a process of its own that turns drift into
+challengers. Plain blocking code, no event loop: a full retrain takes seconds of CPU and
+must never stall a worker or the API.
+
+For each trigger on ``<pipeline>.control`` (a drift detection, or an operator's request):
+
+1. skip it during the cool-down after the previous retrain, when the data after it was
+   covered by that retrain already, or when the error did not rise (each with a
+   ``retrain_skipped`` event);
+2. wait until ``min_after_drift`` labels arrived after the detection, so the window holds
+   the new concept;
+3. read the newest ``window`` training examples, train a challenger and compare it with the
+   champion on the hold-out (:func:`online_models.retrain.retrain`);
+4. register and promote it when it is better by the margin (``promoted``, which the learner
+   swaps in), else say why not (``retrain_rejected``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, TopicPartition
+
+from driftline.config import Settings
+from driftline.stores import RedisKeys, SnapshotStore, connect
+from driftline.topic_reader import read_range
+from monitoring import metrics as m
+from online_models import lifecycle
+from online_models.registry import Lineage, Registry
+from online_models.retrain import RetrainOutcome, retrain
+from streams.declarations import PipelineSpec
+from streams.pipelines import PIPELINES
+from streams.schemas import ControlEvent, InvalidRecord, TrainingExample, parse
+from streams.topics import PipelineTopics
+
+log = logging.getLogger(__name__)
+
+TRIGGERS = ("concept_drift", "feature_drift", "retrain_requested")
+
+
+@dataclass
+class _PipelineState:
+    spec: PipelineSpec
+    topics: PipelineTopics
+    last_retrain_at: float = 0.0
+    covered_until: int = -1  # the newest training offset a retrain has read
+    waiting: list[ControlEvent] = field(default_factory=list)
+
+
+class Retrainer:
+    def __init__(self, settings: Settings, pipelines: list[str],
+                 registry: Registry | None = None) -> None:
+        self.s = settings
+        self.registry = registry or Registry.from_settings(settings)
+        self.state = {name: _PipelineState(PIPELINES[name],
+                                           PipelineTopics.for_spec(PIPELINES[name],
+                                                                   settings.namespace))
+                      for name in pipelines}
+        self._by_topic = {st.topics.control: name for name, st in self.state.items()}
+        self.consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.prefixed("driftline-retrainer"),
+            "enable.auto.commit": False,
+        })
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Resume each control topic after the last trigger handled; a new deployment
+        starts at the topic's end (old detections concern models long gone)."""
+        tps = [TopicPartition(topic, 0) for topic in self._by_topic]
+        committed = self.consumer.committed(tps, timeout=timeout)
+        assigned = []
+        for tp in committed:
+            if tp.offset < 0:
+                _, high = self.consumer.get_watermark_offsets(tp, timeout=timeout)
+                tp = TopicPartition(tp.topic, 0, high)
+            assigned.append(tp)
+        self.consumer.assign(assigned)
+        log.info("retrainer reading %s", ", ".join(f"{t.topic}@{t.offset}" for t in assigned))
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            msg = self.consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                self.handle(self._by_topic[msg.topic()], msg.value())
+                self.consumer.commit(message=msg, asynchronous=False)
+        self.consumer.close()
+
+    def handle(self, pipeline: str, raw: bytes) -> None:
+        try:
+            ev = parse(ControlEvent, raw)
+        except InvalidRecord as exc:
+            log.error("%s: unreadable control event (%s): %r", pipeline, exc, raw[:200])
+            return
+        if ev.kind not in TRIGGERS:
+            return
+        st = self.state[pipeline]
+        manual = ev.kind == "retrain_requested"
+        if ev.kind == "concept_drift" and ev.evidence.get("direction") != "up":
+            # ADWIN watches both ways: only a rising error rate calls for a new model.
+            self._skip(st, ev, "not_worse", {"direction": ev.evidence.get("direction")})
+            return
+        since = time.time() - st.last_retrain_at
+        if not manual and since < st.spec.retrain.cooldown_seconds:
+            self._skip(st, ev, "cooldown", {"seconds_since_last": round(since, 1),
+                                            "cooldown_seconds": st.spec.retrain.cooldown_seconds})
+            return
+        if not manual and ev.offset is not None and ev.offset <= st.covered_until:
+            self._skip(st, ev, "covered", {"covered_until": st.covered_until})
+            return
+        st.last_retrain_at = time.time()
+        started = time.perf_counter()
+        try:
+            self._retrain(st, ev, manual)
+        except Exception as exc:  # noqa: BLE001 - report it and wait for the next trigger
+            log.exception("%s: retrain failed", pipeline)
+            m.RETRAINS.labels(pipeline, "failed").inc()
+            lifecycle.send_control(self.s, ControlEvent(
+                kind="retrain_rejected", pipeline=pipeline, at=time.time(), reason="failed",
+                offset=ev.offset, evidence={"error": repr(exc), "trigger": ev.kind}))
+        m.RETRAIN_SECONDS.labels(pipeline).observe(time.perf_counter() - started)
+
+    def _retrain(self, st: _PipelineState, ev: ControlEvent, manual: bool) -> None:
+        spec, policy = st.spec, st.spec.retrain
+        training = st.topics.training
+        need = 0 if manual or ev.offset is None else ev.offset + 1 + policy.min_after_drift
+        high = self._wait_for_offset(training, need)
+        # A little more than the window: the join may have written an example twice.
+        records = read_range(self.s, training, 0, max(0, high - int(policy.window * 1.05)),
+                             high)
+        examples, offsets = [], []
+        for rec in records:
+            try:
+                examples.append(parse(TrainingExample, rec.value))
+                offsets.append(rec.offset)
+            except InvalidRecord:
+                continue
+        outcome = retrain(spec, examples)
+        used = outcome.train_examples + outcome.holdout_examples
+        window, window_offsets = examples[-used:], offsets[-used:]
+        st.covered_until = window_offsets[-1]
+        evidence = {"trigger": ev.kind, "trigger_offset": ev.offset,
+                    "trigger_evidence": ev.evidence, **outcome.summary()}
+        log.warning("%s: challenger %s %s=%.4f vs champion %.4f -> %s", spec.name,
+                    outcome.spec, outcome.metric, outcome.challenger[outcome.metric],
+                    outcome.champion[outcome.metric],
+                    "promote" if outcome.promote else "reject")
+        if not outcome.promote:
+            m.RETRAINS.labels(spec.name, "rejected").inc()
+            lifecycle.send_control(self.s, ControlEvent(
+                kind="retrain_rejected", pipeline=spec.name, at=time.time(),
+                model_version=ev.model_version, offset=st.covered_until,
+                reason="not better", evidence=evidence))
+            return
+        parent = self.registry.champion(spec.name) or self._register_bootstrap(st, outcome)
+        lineage = Lineage(
+            reason="manual" if manual else "drift",
+            evidence=evidence, spec=outcome.spec, declaration=spec.describe(),
+            topic=training, start_offset=window_offsets[0], end_offset=window_offsets[-1],
+            start_time=min(e.event_time for e in window),
+            end_time=max(e.event_time for e in window),
+            examples=len(window), parent=parent.version)
+        metrics = {**outcome.challenger,
+                   **{f"champion_{k}": v for k, v in outcome.champion.items()}}
+        mv = self.registry.register(spec.name, outcome.challenger_model, lineage, metrics)
+        lifecycle.promote(self.s, self.registry, spec.name, mv.version, reason=lineage.reason,
+                          evidence=evidence)
+        m.RETRAINS.labels(spec.name, "promoted").inc()
+        log.warning("%s: promoted registry version %d (parent %d)", spec.name, mv.version,
+                    parent.version)
+
+    def _register_bootstrap(self, st: _PipelineState, outcome: RetrainOutcome):
+        """Before the first promotion, register the online model serving now, so that the
+        challenger has a parent to roll back to."""
+        async def load():
+            client = connect(self.s)
+            try:
+                return await SnapshotStore(client, RedisKeys(self.s.redis_prefix,
+                                                             st.spec.name)).load()
+            finally:
+                await client.aclose()
+
+        snap = asyncio.run(load())
+        if snap is None:
+            raise RuntimeError(f"{st.spec.name}: no serving model to register as the parent")
+        lineage = Lineage(reason="bootstrap",
+                          evidence={"serving_version": snap.version}, spec=st.spec.model,
+                          declaration=st.spec.describe(), topic=st.topics.training,
+                          start_offset=None, end_offset=None, start_time=None, end_time=None,
+                          examples=0, parent=None)
+        mv = self.registry.register(st.spec.name, snap.model, lineage, outcome.champion)
+        return self.registry.promote(st.spec.name, mv.version)
+
+    def _wait_for_offset(self, topic: str, need: int, timeout: float = 600.0) -> int:
+        """The training topic's end once it is past ``need`` (or after ``timeout``)."""
+        probe = Consumer({"bootstrap.servers": self.s.kafka_bootstrap,
+                          "group.id": f"driftline-probe-{uuid.uuid4().hex}"})
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                _, high = probe.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+                if high >= need or time.monotonic() > deadline:
+                    return high
+                time.sleep(1.0)
+        finally:
+            probe.close()
+
+    def _skip(self, st: _PipelineState, ev: ControlEvent, why: str, evidence: dict) -> None:
+        m.RETRAINS.labels(st.spec.name, f"skipped_{why}").inc()
+        log.info("%s: %s ignored (%s)", st.spec.name, ev.kind, why)
+        lifecycle.send_control(self.s, ControlEvent(
+            kind="retrain_skipped", pipeline=st.spec.name, at=time.time(), reason=why,
+            offset=ev.offset, model_version=ev.model_version,
+            evidence={"trigger": ev.kind, **evidence}))
+
+
+def run_retrainer(settings: Settings, pipelines: list[str]) -> None:
+    """The process's main: metrics on ``retrainer_port``, then the loop until SIGTERM."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    retrainer = Retrainer(settings, pipelines)
+    retrainer.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Ready (its port answers) only once it reads the control topics.
+    start_http_server(settings.retrainer_port, addr=settings.worker_host)
+    retrainer.run(stop)
