@@ -125,6 +125,9 @@ class PipelineAgents:
         await self.snapshots.publish(build_model(self.p.model), "v0.0", only_if_absent=True)
         self.live = LiveModel(self.snapshots)
         await self.live.refresh()
+        # Open the registry (MLflow's import, the database) in the background now, so that a
+        # promotion pauses learning for the load of one model only.
+        asyncio.get_running_loop().run_in_executor(None, self._open_registry)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         self.gaps.forget(revoked)
@@ -437,9 +440,14 @@ class PipelineAgents:
         registry = self.registry
         return registry.load(self.name, version), registry.get(self.name, version).lineage
 
+    def _open_registry(self) -> None:
+        try:
+            self.registry  # noqa: B018 - opening it is the point
+        except Exception:  # noqa: BLE001 - a promotion will retry and report it
+            log.warning("%s: the model registry is not reachable yet", self.name, exc_info=True)
+
     @functools.cached_property
     def registry(self):
-        # MLflow is imported on first use only: most workers never swap a model.
         from online_models.registry import Registry
 
         return Registry.from_settings(self.s)

@@ -5,6 +5,9 @@ process, with no failed request while scores are being served."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -92,3 +95,18 @@ def test_promotion_and_rollback_swap_models_with_no_failed_request(settings, api
     assert [v["version"] for v in body["registry"]["versions"]][:2] == [second, first]
     assert body["learner"]["revision"] == str(first)
 
+
+
+def test_the_cli_lists_the_registry_and_refuses_an_unknown_version(settings):
+    version = register(settings, 0.5)
+    env = {**os.environ, **settings.to_env()}
+    listed = subprocess.run([sys.executable, "-m", "driftline", "models", "list", "fraud",
+                             "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    versions = json.loads(listed.stdout)
+    assert version in [v["version"] for v in versions]
+    assert all(v["pipeline"] == "fraud" for v in versions)
+    assert sum(v["champion"] for v in versions) <= 1
+    refused = subprocess.run([sys.executable, "-m", "driftline", "models", "promote", "fraud",
+                              "999"], env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "999" in refused.stderr
