@@ -136,3 +136,16 @@ def test_scores_of_an_older_revision_or_the_untrained_model_do_not_feed_concept_
         score = (0.1 if y else 0.9) if wrong else (0.9 if y else 0.1)
         learner.learn(example(i, 0.0, y, s=score, version="v1.500" if i % 2 else "v2.0"))
     assert [d for d in learner.pop_detections() if d.kind == "concept"] == []
+
+
+def test_a_shifted_feature_is_reported_as_feature_drift_naming_it():
+    import random
+
+    rng = random.Random(3)
+    learner = fraud_learner()
+    for i in range(6000):
+        shift = 3.0 if i >= 4000 else 0.0
+        learner.learn(example(i, rng.gauss(0, 1), i % 2 == 0, amount=rng.gauss(10 + shift, 1)))
+    feature = [d for d in learner.pop_detections() if d.kind == "feature"]
+    assert feature, "no feature drift detected"
+    assert feature[0].evidence["worst"] == "amount"
