@@ -345,11 +345,15 @@ class PipelineAgents:
         await self.control_topic.send(key=self.name.encode(), value=event.to_json())
 
     async def publish_if_due(self, *_: Any) -> None:
-        if self.learner and self.learner.updates > self._published_updates:
-            await self.publish()
+        # Under the learning lock: two publications in flight at once could land in Redis
+        # in the wrong order and serve an older snapshot after a newer one.
+        async with self._learning:
+            if self.learner and self.learner.updates > self._published_updates:
+                await self.publish()
 
     async def publish(self) -> None:
-        """Publish the model to the scorers and checkpoint the learner, atomically."""
+        """Publish the model to the scorers and checkpoint the learner, atomically.
+        Callers hold ``self._learning``."""
         learner = self.learner
         await self.snapshots.publish(learner.model, learner.version, checkpoint=learner)
         self._published_updates = learner.updates

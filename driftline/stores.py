@@ -100,17 +100,18 @@ class SnapshotStore:
         A ``checkpoint`` (the learner, which knows the input offset its model reflects) is
         written in the same transaction, so the served model and the checkpoint never
         disagree after a crash."""
+        # Both pickled before the first await: nothing can change them half-way.
         mapping = {"blob": pickle.dumps(model), "version": version,
                    "published_at": repr(time.time())}
+        state = pickle.dumps(checkpoint) if checkpoint is not None else None
         if only_if_absent:
             # HSETNX on the version claims the key; the losers of a race write nothing.
             if not await self.r.hsetnx(self.keys.model, "version", version):
                 return False
         async with self.r.pipeline(transaction=True) as tx:
             tx.hset(self.keys.model, mapping=mapping)
-            if checkpoint is not None:
-                tx.hset(self.keys.checkpoint, mapping={"state": pickle.dumps(checkpoint),
-                                                       "version": version})
+            if state is not None:
+                tx.hset(self.keys.checkpoint, mapping={"state": state, "version": version})
             await tx.execute()
         return True
 

@@ -161,7 +161,11 @@ async def rollback_model(request: web.Request) -> web.Response:
 
 async def retrain_model(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
-    await asyncio.to_thread(lifecycle.request_retrain, request.app[SETTINGS], name, "api")
+    try:
+        await asyncio.to_thread(lifecycle.request_retrain, request.app[SETTINGS], name, "api")
+    except Exception as exc:  # noqa: BLE001 - Kafka is down: not the caller's fault
+        log.warning("retrain request failed", exc_info=True)
+        return error(503, f"Kafka unavailable: {exc}")
     return web.json_response({"pipeline": name, "retrain": "requested"}, status=202)
 
 
@@ -171,6 +175,9 @@ async def _admin_action(request: web.Request, action) -> web.Response:
         mv = await asyncio.to_thread(lambda: action(app[SETTINGS], _registry(app)))
     except (KeyError, ValueError) as exc:
         return error(409 if isinstance(exc, ValueError) else 404, str(exc).strip("'\""))
+    except Exception as exc:  # noqa: BLE001 - the registry or Kafka is down: not the caller's
+        log.warning("admin action failed", exc_info=True)
+        return error(503, f"registry or Kafka unavailable: {exc}")
     return web.json_response({"champion": mv.to_dict(), "swap": "requested"}, status=202)
 
 
