@@ -21,6 +21,7 @@ import functools
 import heapq
 import json
 import logging
+import pickle
 import time
 from typing import Any
 
@@ -131,6 +132,10 @@ class PipelineAgents:
 
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         self.gaps.forget(revoked)
+        if any(tp.topic == self.topics.training for tp in revoked):
+            # Another worker learns now; should the partition come back, resume from the
+            # checkpoint, not from a learner that stopped somewhere in between.
+            self.learner = None
 
     async def refresh_model(self, *_: Any) -> None:
         if self.live is not None and await self.live.refresh():
@@ -285,12 +290,19 @@ class PipelineAgents:
         msg = event.message
         async with self._learning:
             learner = await self._learner()
+            if learner.next_offset is None:
+                learner.next_offset = msg.offset
             if msg.offset < learner.next_offset:
                 m.LABELS_REPLAYED.labels(self.name, "skipped").inc()
                 return
             if msg.offset > learner.next_offset:
                 missed = await asyncio.to_thread(read_range, self.s, msg.topic, msg.partition,
                                                  learner.next_offset, msg.offset)
+                if not missed or missed[-1].offset < msg.offset - 1:
+                    # A partial read: fail this record (dead letter) rather than skip
+                    # examples; the next record fetches the whole gap again.
+                    raise RuntimeError(f"fetched training examples {learner.next_offset}.."
+                                       f"{msg.offset - 1} only partially")
                 for rec in missed:
                     m.LABELS_REPLAYED.labels(self.name, "fetched").inc()
                     try:
@@ -307,7 +319,7 @@ class PipelineAgents:
         # The offset moves on even for an invalid example: it is dead-lettered, not retried.
         learner.next_offset = offset + 1
         example = parse(TrainingExample, value)
-        if learner.learn(example):
+        if learner.learn(example, update_model=offset > learner.learned_through):
             m.LABELS_LEARNED.labels(self.name).inc()
         else:
             m.LABEL_DUPLICATES.labels(self.name).inc()
@@ -318,7 +330,9 @@ class PipelineAgents:
             learner = None
             try:
                 learner = await self.snapshots.load_checkpoint()
-            except Exception:  # noqa: BLE001 - e.g. written by an incompatible version
+            except (pickle.UnpicklingError, AttributeError, ImportError, TypeError):
+                # Written by an incompatible version. (A Redis error propagates: the record
+                # is retried from the checkpoint's offset once Redis answers.)
                 log.exception("%s: unreadable learner checkpoint, starting from the snapshot",
                               self.name)
             if learner is None:
@@ -411,29 +425,34 @@ class PipelineAgents:
                 return  # redelivered: swapped already
             started = time.perf_counter()
             model, lineage = await asyncio.to_thread(self._load_registered, ev.registry_version)
-            window = self.p.retrain.window
+            window, next_offset = self.p.retrain.window, learner.next_offset or 0
             end = lineage.end_offset if lineage.end_offset is not None else -1
-            catch_from = max(end + 1, learner.next_offset - window, 0)
-            first = catch_from if lineage.start_offset is None else min(lineage.start_offset,
-                                                                         catch_from)
+            catch_from = max(end + 1, next_offset - window, 0)
+            first = catch_from
+            if lineage.start_offset is not None:  # its data's newest rows: the reference
+                first = min(max(lineage.start_offset, end + 1 - self.p.drift.reference_size),
+                            catch_from)
             records = await asyncio.to_thread(read_range, self.s, self.topics.training, 0,
-                                              first, learner.next_offset)
-            reference, caught_up = [], 0
+                                              first, next_offset)
+            reference, rows, seen, caught_up = [], [], set(), 0
             for rec in records:
                 try:
                     example = parse(TrainingExample, rec.value)
                 except InvalidRecord:
                     continue
+                rows.append(example.features)
                 if rec.offset <= end:
                     reference.append(example.features)
-                if rec.offset >= catch_from:
+                elif rec.offset >= catch_from and example.event_id not in seen:
+                    seen.add(example.event_id)
                     model.learn_one(example.features,
                                     evaluation.as_label(self.p.task, example.label))
                     caught_up += 1
-            if not reference:  # nothing known of its data: start from what it caught up on
-                reference = [parse(TrainingExample, r.value).features for r in records]
+            # Examples up to `end` that the learner has not reached yet (it lags the
+            # retrainer) are in the new model already: they will not be learned again.
             learner.swap(model, ev.registry_version,
-                         reference[-self.p.drift.reference_size:])
+                         (reference or rows)[-self.p.drift.reference_size:],
+                         learned_through=end)
             await self.publish()
             m.MODEL_PROMOTIONS.labels(self.name, ev.reason or "unknown").inc()
             log.warning("%s: now serving registry version %d (%s), caught up on %d examples "

@@ -52,7 +52,12 @@ class OnlineLearner:
         self.revision = revision
         self.updates = 0        # labels learned by this pipeline, over every revision
         self.duplicates = 0
-        self.next_offset = 0    # the training-topic offset of the next example to apply
+        # The training-topic offset of the next example to apply; None until the first one
+        # (a learner made without a checkpoint starts where its consumer starts).
+        self.next_offset: int | None = None
+        # Examples up to this offset are in the model already (a promoted model was trained
+        # on them): they count and are evaluated, but are not learned a second time.
+        self.learned_through = -1
         # Redelivered duplicates from the join follow their original closely, so a bounded
         # memory of recent event ids is enough to learn each event once.
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -73,8 +78,10 @@ class OnlineLearner:
         """``v<revision>.<updates>``: the registry revision and the labels learned."""
         return f"v{self.revision}.{self.updates}"
 
-    def learn(self, example: TrainingExample) -> bool:
-        """Learn from ``example`` unless it was learned already; return whether it was."""
+    def learn(self, example: TrainingExample, *, update_model: bool = True) -> bool:
+        """Learn from ``example`` unless it was learned already; return whether it was.
+        With ``update_model=False`` it counts and is evaluated, but the model, which
+        learned it elsewhere, is left alone."""
         if example.event_id in self._seen:
             self.duplicates += 1
             return False
@@ -90,7 +97,8 @@ class OnlineLearner:
             detections.append(
                 self.concept.update(evaluation.error_of(self.task, label, example.score)))
         self._detections.extend(d for d in detections if d is not None)
-        self.model.learn_one(example.features, label)
+        if update_model:
+            self.model.learn_one(example.features, label)
         self.updates += 1
         return True
 
@@ -101,12 +109,14 @@ class OnlineLearner:
         revision, _, updates = model_version.partition(".")
         return revision == f"v{self.revision}" and updates not in ("", "0")
 
-    def swap(self, model: Any, revision: int,
-             reference: Iterable[Mapping[str, float]]) -> None:
+    def swap(self, model: Any, revision: int, reference: Iterable[Mapping[str, float]],
+             learned_through: int = -1) -> None:
         """Serve and learn ``model`` from now on: a promotion or a rollback. ``reference``
-        are the feature rows it was trained on, the new baseline of feature drift."""
+        are the feature rows it was trained on, the new baseline of feature drift;
+        ``learned_through`` the last training offset it has learned."""
         self.model = model
         self.revision = revision
+        self.learned_through = learned_through
         self.concept.reset()
         self.feature_drift.set_reference(reference)
 

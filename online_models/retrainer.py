@@ -8,7 +8,7 @@ For each trigger on ``<pipeline>.control`` (a drift detection, or an operator's 
    covered by that retrain already, or when the error did not rise (each with a
    ``retrain_skipped`` event);
 2. wait until ``min_after_drift`` labels arrived after the detection, so the window holds
-   the new concept;
+   the new concept (giving up after ten minutes: ``retrain_skipped``, ``timeout``);
 3. read the newest ``window`` training examples, train a challenger and compare it with the
    champion on the hold-out (:func:`online_models.retrain.retrain`);
 4. register and promote it when it is better by the margin (``promoted``, which the learner
@@ -32,7 +32,7 @@ from driftline.topic_reader import read_range
 from monitoring import metrics as m
 from online_models import lifecycle
 from online_models.registry import Lineage, Registry
-from online_models.retrain import RetrainOutcome, retrain
+from online_models.retrain import RetrainOutcome, latest_window, retrain
 from streams.declarations import PipelineSpec
 from streams.pipelines import PIPELINES
 from streams.schemas import ControlEvent, InvalidRecord, TrainingExample, parse
@@ -62,6 +62,7 @@ class Retrainer:
                                                                    settings.namespace))
                       for name in pipelines}
         self._by_topic = {st.topics.control: name for name, st in self.state.items()}
+        self.stop = threading.Event()
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": settings.prefixed("driftline-retrainer"),
@@ -81,9 +82,16 @@ class Retrainer:
             assigned.append(tp)
         self.consumer.assign(assigned)
         log.info("retrainer reading %s", ", ".join(f"{t.topic}@{t.offset}" for t in assigned))
+        # After a restart, the champion's lineage says what the last retrain covered and
+        # when it was made: no second retrain of the same data, and the cool-down holds.
+        for name, st in self.state.items():
+            champion = self.registry.champion(name)
+            if champion is not None and champion.lineage.end_offset is not None:
+                st.covered_until = champion.lineage.end_offset
+                st.last_retrain_at = champion.created_at
 
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
+    def run(self) -> None:
+        while not self.stop.is_set():
             msg = self.consumer.poll(0.5)
             if msg is not None and not msg.error():
                 self.handle(self._by_topic[msg.topic()], msg.value())
@@ -119,7 +127,7 @@ class Retrainer:
         except Exception as exc:  # noqa: BLE001 - report it and wait for the next trigger
             log.exception("%s: retrain failed", pipeline)
             m.RETRAINS.labels(pipeline, "failed").inc()
-            lifecycle.send_control(self.s, ControlEvent(
+            self._tell(ControlEvent(
                 kind="retrain_rejected", pipeline=pipeline, at=time.time(), reason="failed",
                 offset=ev.offset, evidence={"error": repr(exc), "trigger": ev.kind}))
         m.RETRAIN_SECONDS.labels(pipeline).observe(time.perf_counter() - started)
@@ -129,19 +137,27 @@ class Retrainer:
         training = st.topics.training
         need = 0 if manual or ev.offset is None else ev.offset + 1 + policy.min_after_drift
         high = self._wait_for_offset(training, need)
+        if high < need:
+            m.RETRAINS.labels(spec.name, "skipped_timeout").inc()
+            self._tell(ControlEvent(
+                kind="retrain_skipped", pipeline=spec.name, at=time.time(), reason="timeout",
+                offset=ev.offset, evidence={"trigger": ev.kind, "needed_offset": need,
+                                            "reached": high}))
+            return
         # A little more than the window: the join may have written an example twice.
         records = read_range(self.s, training, 0, max(0, high - int(policy.window * 1.05)),
                              high)
-        examples, offsets = [], []
+        examples, offset_of = [], {}
         for rec in records:
             try:
-                examples.append(parse(TrainingExample, rec.value))
-                offsets.append(rec.offset)
+                ex = parse(TrainingExample, rec.value)
             except InvalidRecord:
                 continue
-        outcome = retrain(spec, examples)
-        used = outcome.train_examples + outcome.holdout_examples
-        window, window_offsets = examples[-used:], offsets[-used:]
+            examples.append(ex)
+            offset_of.setdefault(ex.event_id, rec.offset)
+        window = latest_window(spec, examples)
+        outcome = retrain(spec, window)
+        window_offsets = sorted(offset_of[ex.event_id] for ex in window)
         st.covered_until = window_offsets[-1]
         evidence = {"trigger": ev.kind, "trigger_offset": ev.offset,
                     "trigger_evidence": ev.evidence, **outcome.summary()}
@@ -151,7 +167,7 @@ class Retrainer:
                     "promote" if outcome.promote else "reject")
         if not outcome.promote:
             m.RETRAINS.labels(spec.name, "rejected").inc()
-            lifecycle.send_control(self.s, ControlEvent(
+            self._tell(ControlEvent(
                 kind="retrain_rejected", pipeline=spec.name, at=time.time(),
                 model_version=ev.model_version, offset=st.covered_until,
                 reason="not better", evidence=evidence))
@@ -196,26 +212,35 @@ class Retrainer:
         return self.registry.promote(st.spec.name, mv.version)
 
     def _wait_for_offset(self, topic: str, need: int, timeout: float = 600.0) -> int:
-        """The training topic's end once it is past ``need`` (or after ``timeout``)."""
+        """The training topic's end once it is past ``need``; what it reached after
+        ``timeout``, or when the process is stopping."""
         probe = Consumer({"bootstrap.servers": self.s.kafka_bootstrap,
                           "group.id": f"driftline-probe-{uuid.uuid4().hex}"})
         deadline = time.monotonic() + timeout
         try:
             while True:
                 _, high = probe.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-                if high >= need or time.monotonic() > deadline:
+                if high >= need or time.monotonic() > deadline or self.stop.is_set():
                     return high
-                time.sleep(1.0)
+                self.stop.wait(1.0)
         finally:
             probe.close()
 
     def _skip(self, st: _PipelineState, ev: ControlEvent, why: str, evidence: dict) -> None:
         m.RETRAINS.labels(st.spec.name, f"skipped_{why}").inc()
         log.info("%s: %s ignored (%s)", st.spec.name, ev.kind, why)
-        lifecycle.send_control(self.s, ControlEvent(
+        self._tell(ControlEvent(
             kind="retrain_skipped", pipeline=st.spec.name, at=time.time(), reason=why,
             offset=ev.offset, model_version=ev.model_version,
             evidence={"trigger": ev.kind, **evidence}))
+
+
+    def _tell(self, event: ControlEvent) -> None:
+        """Publish an outcome; a Kafka hiccup is logged, it does not stop the retrainer."""
+        try:
+            lifecycle.send_control(self.s, event)
+        except Exception:  # noqa: BLE001
+            log.exception("%s: could not publish %s", event.pipeline, event.kind)
 
 
 def run_retrainer(settings: Settings, pipelines: list[str]) -> None:
@@ -228,9 +253,8 @@ def run_retrainer(settings: Settings, pipelines: list[str]) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     retrainer = Retrainer(settings, pipelines)
     retrainer.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: retrainer.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: retrainer.stop.set())
     # Ready (its port answers) only once it reads the control topics.
     start_http_server(settings.retrainer_port, addr=settings.worker_host)
-    retrainer.run(stop)
+    retrainer.run()

@@ -149,7 +149,7 @@ async def promote_model(request: web.Request) -> web.Response:
     except ValueError:
         return error(422, "invalid body", {"$": "not valid JSON"})
     version = payload.get("version") if isinstance(payload, dict) else None
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**31:
         return error(422, "invalid body", {"version": "a registry version number is required"})
     return await _admin_action(request, lambda s, r: lifecycle.promote(s, r, name, version))
 

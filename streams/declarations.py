@@ -1,7 +1,7 @@
 """The vocabulary of a pipeline declaration: what flows in, what is learned, which features.
 
 A pipeline is declared once, in Python, as a :class:`PipelineSpec`. The stream worker,
-the scoring API, the replay that checks training-serving parity and (later) the retrainer
+the scoring API, the replay that checks training-serving parity and the retrainer
 all read the same object; nothing else in Driftline is specific to one pipeline.
 
 Features, computed per entity in event time by :class:`streams.engine.FeatureEngine`:

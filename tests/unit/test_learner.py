@@ -1,7 +1,7 @@
 import pickle
 
 from online_models.learner import OnlineLearner
-from online_models.retrain import retrain
+from online_models.retrain import latest_window, retrain
 from online_models.spec import build_model, predict
 from streams.catalog.fraud import FRAUD
 from streams.catalog.pricing import PRICING
@@ -102,12 +102,15 @@ def test_an_abrupt_rise_of_the_error_rate_is_reported_as_concept_drift():
     assert learner.pop_detections() == []
 
 
-def test_swap_changes_the_model_and_revision_and_resets_the_reference():
+def test_swap_changes_the_model_and_revision_and_what_it_will_learn_again():
     learner = fraud_learner()
     fresh = build_model(FRAUD.model)
-    learner.swap(fresh, 3, [{"x": 1.0}] * 10)
-    assert learner.model is fresh and learner.revision == 3
-    assert learner.version == "v3.0"
+    learner.swap(fresh, 3, [{"x": 1.0}] * 10, learned_through=4)
+    assert learner.model is fresh and learner.version == "v3.0"
+    # An example the promoted model was trained on counts, but is not learned twice.
+    learner.learn(example(1, 5.0, True), update_model=False)
+    assert learner.updates == 1
+    assert predict(fresh, "binary", {"x": 5.0}) == 0.5
 
 
 def test_retrain_promotes_only_a_challenger_better_by_the_margin():
@@ -123,8 +126,10 @@ def test_retrain_promotes_only_a_challenger_better_by_the_margin():
 
 def test_retrain_reads_each_event_once_and_only_the_latest_window():
     examples = [example(i, float(i % 2), bool(i % 2)) for i in range(5000)]
-    outcome = retrain(FRAUD, examples + examples[-100:])  # duplicates at the end
-    assert outcome.train_examples + outcome.holdout_examples == FRAUD.retrain.window
+    window = latest_window(FRAUD, examples + examples[-100:])  # the join's duplicates
+    ids = [ex.event_id for ex in window]
+    assert len(ids) == len(set(ids)) == FRAUD.retrain.window
+    assert ids == [ex.event_id for ex in examples[-FRAUD.retrain.window:]]
 
 
 def test_scores_of_an_older_revision_or_the_untrained_model_do_not_feed_concept_drift():
