@@ -105,6 +105,7 @@ class PipelineAgents:
         app.on_partitions_revoked.connect(self._on_revoked)
         app.timer(settings.model_refresh_seconds)(self.refresh_model)
         app.timer(settings.snapshot_seconds)(self.publish_if_due)
+        app.timer(settings.reconcile_seconds)(self.reconcile)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -394,7 +395,8 @@ class PipelineAgents:
                 "revision": learner.revision,
                 "updates": learner.updates,
                 "duplicates": learner.duplicates,
-                "next_offset": learner.next_offset,
+                # Not known before the learner's first example: "" then.
+                "next_offset": "" if learner.next_offset is None else learner.next_offset,
                 "published_at": repr(self._published_at),
                 "metrics": json.dumps(by_version),
                 "feature_drift": json.dumps(drift_stats),
@@ -411,6 +413,28 @@ class PipelineAgents:
         m.CONTROL_EVENTS.labels(self.name, ev.kind).inc()
         if ev.kind == "promoted" and ev.registry_version is not None:
             await self._swap_to(ev)
+
+    async def reconcile(self, *_: Any) -> None:
+        """Serve the registry's champion if the learner does not: a promotion whose control
+        event was dead-lettered (its model could not be loaded then), or an alias moved by
+        hand. The online model before any promotion is left alone while the champion is
+        only its own registered copy (the retrainer's bootstrap)."""
+        learner = self.learner
+        if learner is None:
+            return
+        try:
+            champion = await asyncio.to_thread(self.registry.champion, self.name)
+            if champion is None or champion.version == learner.revision:
+                return
+            if learner.revision == 0 and champion.lineage.reason == "bootstrap":
+                return
+            log.warning("%s: serving v%d but the registry's champion is v%d: swapping it in",
+                        self.name, learner.revision, champion.version)
+            await self._swap_to(ControlEvent(kind="promoted", pipeline=self.name,
+                                             at=time.time(), reason="reconcile",
+                                             registry_version=champion.version))
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.warning("%s: could not reconcile with the registry", self.name, exc_info=True)
 
     async def _swap_to(self, ev: ControlEvent) -> None:
         """Make registry version ``ev.registry_version`` the model learned and served.

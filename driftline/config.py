@@ -65,6 +65,9 @@ class Settings:
     # (DRIFTLINE_REGISTRY_ARTIFACTS; default: <data dir>/registry/artifacts).
     registry_uri: str = ""
     registry_artifacts: str = ""
+    # How often the learner checks that it serves the registry's champion, and swaps it in
+    # if not (a promotion whose control event was lost) (DRIFTLINE_RECONCILE_SECONDS).
+    reconcile_seconds: float = 30.0
     # The retrainer's HTTP port, which serves its /metrics (DRIFTLINE_RETRAINER_PORT).
     retrainer_port: int = 6067
     # Log level of the services (DRIFTLINE_LOG_LEVEL).

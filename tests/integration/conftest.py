@@ -41,6 +41,7 @@ def settings(tmp_path_factory) -> Settings:
         snapshot_every=50,
         snapshot_seconds=0.5,
         model_refresh_seconds=0.2,
+        reconcile_seconds=2.0,
     )
     LocalStack(s).up()  # a no-op when `make test` brought it up already
     ensure_pipeline_topics(s, "fraud")

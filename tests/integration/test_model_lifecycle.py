@@ -96,6 +96,21 @@ def test_promotion_and_rollback_swap_models_with_no_failed_request(settings, api
     assert body["learner"]["revision"] == str(first)
 
 
+def test_a_champion_moved_without_a_control_event_is_served_after_reconciliation(
+        settings, api, worker):
+    version = register(settings, 0.3)
+    # As if the promotion's control event were lost: only the registry knows.
+    Registry.from_settings(settings).promote("fraud", version)
+
+    def served() -> str:
+        event = {"event_id": uuid.uuid4().hex, "card_id": "reconcile-card",
+                 "merchant_id": "m1", "amount": 1.0, "ts": time.time()}
+        return call(f"{api}/v1/score/fraud", event)[1]["model_version"]
+
+    wait_for(lambda: served().startswith(f"v{version}."), 60,
+             f"the reconciled champion v{version} served")
+
+
 
 def test_the_cli_lists_the_registry_and_refuses_an_unknown_version(settings):
     version = register(settings, 0.5)
