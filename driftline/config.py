@@ -26,16 +26,21 @@ class Settings:
     cache_dir: Path = Path.home() / ".cache" / "driftline"
     # Apache Kafka version whose jars are resolved from Maven Central (DRIFTLINE_KAFKA_VERSION).
     kafka_version: str = "3.9.1"
-    # Loopback ports of the local stack (DRIFTLINE_KAFKA_PORT, _CONTROLLER_PORT, _REDIS_PORT).
+    # Loopback ports of the local stack (DRIFTLINE_KAFKA_PORT, _CONTROLLER_PORT, _REDIS_PORT,
+    # _MILVUS_PORT).
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     redis_port: int = 6379
+    milvus_port: int = 19530
     # Heap of the local broker's JVM (DRIFTLINE_KAFKA_HEAP).
     kafka_heap: str = "512m"
     # Where clients find Kafka and Redis; default to the local stack (DRIFTLINE_KAFKA_BOOTSTRAP,
     # DRIFTLINE_REDIS_URL).
     kafka_bootstrap: str = ""
     redis_url: str = ""
+    # Where clients find Milvus: the local Milvus Lite server, or a Milvus server's URI
+    # (DRIFTLINE_MILVUS_URI).
+    milvus_uri: str = ""
     # Prefix of every topic, Redis key and consumer group, so that several deployments (or
     # test runs) can share one broker and one Redis; empty means none (DRIFTLINE_NAMESPACE).
     namespace: str = ""
@@ -78,6 +83,8 @@ class Settings:
             object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
         if not self.redis_url:
             object.__setattr__(self, "redis_url", f"redis://127.0.0.1:{self.redis_port}/0")
+        if not self.milvus_uri:
+            object.__setattr__(self, "milvus_uri", f"http://127.0.0.1:{self.milvus_port}")
         registry = Path(self.data_dir) / "registry"
         if not self.registry_uri:
             object.__setattr__(self, "registry_uri", f"sqlite:///{registry / 'mlflow.db'}")
@@ -117,6 +124,8 @@ class Settings:
             derived["kafka_bootstrap"] = ""
         if "redis_port" in changes and "redis_url" not in changes:
             derived["redis_url"] = ""
+        if "milvus_port" in changes and "milvus_uri" not in changes:
+            derived["milvus_uri"] = ""
         if "data_dir" in changes:
             derived.update({k: "" for k in ("registry_uri", "registry_artifacts")
                             if k not in changes})

@@ -1,8 +1,12 @@
-"""The local stack without Docker: a KRaft Kafka broker and a Redis server on loopback.
+"""The local stack without Docker: a KRaft Kafka broker, a Redis server and a Milvus Lite
+server on loopback.
 
 Kafka's jars are resolved once from Maven Central with Maven (``scripts/kafka/pom.xml``)
 into a cache directory outside the repository; the broker then runs from them with
 ``java``. Redis is Debian's ``redis-server``, installed with apt when it is missing.
+Milvus Lite (a pip dependency) keeps its vectors in local files that only one process may
+open, so it runs as its own gRPC server (``milvus-lite server``) that the worker and the
+API both reach by URI, exactly as they would reach a Milvus server.
 
 Each service started here leaves a pid file in the data directory; ``down`` stops only
 the processes named by those files, so a broker or Redis that something else started is
@@ -62,7 +66,7 @@ class ServiceStatus:
 
 
 class LocalStack:
-    """Start, stop and report the local Kafka broker and Redis server."""
+    """Start, stop and report the local Kafka broker, Redis and Milvus Lite servers."""
 
     def __init__(self, settings: Settings, out=sys.stdout) -> None:
         self.s = settings
@@ -70,6 +74,7 @@ class LocalStack:
         self.data = settings.data_dir
         self.kafka_dir = self.data / "kafka"
         self.redis_dir = self.data / "redis"
+        self.milvus_dir = self.data / "milvus"
         self.jar_dir = settings.cache_dir / f"kafka-{settings.kafka_version}" / "libs"
 
     # ---- public commands -------------------------------------------------------------
@@ -78,11 +83,12 @@ class LocalStack:
         """Bring both services up; a service already up is left as it is."""
         self.data.mkdir(parents=True, exist_ok=True)
         self._up_redis(timeout)
+        self._up_milvus(timeout)
         self._up_kafka(timeout)
 
     def down(self) -> None:
         """Stop what ``up`` started, and nothing else."""
-        for name in ("kafka", "redis"):
+        for name in ("kafka", "milvus", "redis"):
             pid = self._owned_pid(name)
             if pid is None:
                 self._say(f"{name}: not started by driftline, nothing to stop")
@@ -97,7 +103,34 @@ class LocalStack:
                          self._kafka_ready),
             self._status("redis", f"127.0.0.1:{self.s.redis_port}",
                          self.redis_dir / "redis.log", self._redis_ready),
+            self._status("milvus", self.s.milvus_uri, self.milvus_dir / "milvus.log",
+                         self._milvus_ready),
         ]
+
+    # ---- Milvus Lite -----------------------------------------------------------------
+
+    def _up_milvus(self, timeout: float) -> None:
+        if self._milvus_ready():
+            self._say(f"milvus: up at {self.s.milvus_uri}")
+            return
+        self.milvus_dir.mkdir(parents=True, exist_ok=True)
+        log = self.milvus_dir / "milvus.log"
+        binary = str(Path(sys.executable).parent / "milvus-lite")
+        cmd = [binary, "server", "--data-dir", str(self.milvus_dir / "data"),
+               "--host", "127.0.0.1", "--port", str(self.s.milvus_port)]
+        pid = self._spawn("milvus", cmd, log)
+        self._wait("milvus", pid, self._milvus_ready, timeout, log)
+
+    def _milvus_ready(self) -> bool:
+        if not _port_open(self.s.milvus_port):
+            return False
+        from pymilvus import MilvusClient
+
+        try:
+            MilvusClient(self.s.milvus_uri, timeout=3).list_collections()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+            return False
 
     # ---- Redis -----------------------------------------------------------------------
 
