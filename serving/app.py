@@ -51,7 +51,7 @@ async def observe_and_shape_errors(request: web.Request, handler):
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        response = error(exc.status, exc.reason)
+        response = error(exc.status, exc.reason, getattr(exc, "fields", None))
     except Exception:  # noqa: BLE001 - the caller still gets JSON, the log gets the trace
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error(500, "internal error")
@@ -60,11 +60,19 @@ async def observe_and_shape_errors(request: web.Request, handler):
     return response
 
 
-async def score_event(request: web.Request) -> web.Response:
+def _pipeline_or_404(request: web.Request) -> str:
+    """The path's pipeline name; a 404 naming the field when it is not declared."""
     name = request.match_info["pipeline"]
-    pipeline = PIPELINES.get(name)
-    if pipeline is None:
-        return error(404, f"unknown pipeline {name!r}", {"pipeline": "not declared"})
+    if name not in PIPELINES:
+        exc = web.HTTPNotFound(reason=f"unknown pipeline {name!r}")
+        exc.fields = {"pipeline": "not declared"}
+        raise exc
+    return name
+
+
+async def score_event(request: web.Request) -> web.Response:
+    name = _pipeline_or_404(request)
+    pipeline = PIPELINES[name]
     body = await request.read()
     try:
         event = parse(pipeline.event_type, body)
@@ -95,13 +103,6 @@ async def score_event(request: web.Request) -> web.Response:
 
 
 # ---- models: versions, prequential metrics, registry; admin actions ------------------------
-
-def _pipeline_or_404(request: web.Request) -> str:
-    name = request.match_info["pipeline"]
-    if name not in PIPELINES:
-        raise web.HTTPNotFound(reason=f"unknown pipeline {name!r}")
-    return name
-
 
 def _registry(app: web.Application):
     # MLflow is imported on the first models request only; the scoring path never needs it.
