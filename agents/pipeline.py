@@ -342,7 +342,7 @@ class PipelineAgents:
                                         metric_window=self.s.metric_window)
             self.learner = learner
             self._published_updates = learner.updates
-            log.info("%s: learner at %s, next training offset %d", self.name, learner.version,
+            log.info("%s: learner at %s, next training offset %s", self.name, learner.version,
                      learner.next_offset)
         return self.learner
 

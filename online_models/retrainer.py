@@ -154,7 +154,8 @@ class Retrainer:
             except InvalidRecord:
                 continue
             examples.append(ex)
-            offset_of.setdefault(ex.event_id, rec.offset)
+            # The newest copy of an example the join wrote twice, as latest_window keeps.
+            offset_of[ex.event_id] = rec.offset
         window = latest_window(spec, examples)
         outcome = retrain(spec, window)
         window_offsets = sorted(offset_of[ex.event_id] for ex in window)
