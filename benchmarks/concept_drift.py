@@ -24,11 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from driftline.config import Settings
-from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
+from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.namespaces import scratch_namespace
 from driftline.processes import retrainer_process, worker_process
 from driftline.producer import produce
 from driftline.stack import LocalStack
-from driftline.stores import RedisKeys, delete_namespace_keys
+from driftline.stores import RedisKeys
 from driftline.topic_reader import read_topic
 from online_models.spec import build_model, predict
 from streams.catalog.agrawal import AGRAWAL
@@ -167,13 +168,9 @@ def main() -> None:
 
     base = Settings.from_env()
     LocalStack(base).up()
-    s = base.with_overrides(namespace=base.prefixed(f"bench-{uuid.uuid4().hex[:6]}"))
-    try:
+    with scratch_namespace(base, base.prefixed(f"bench-{uuid.uuid4().hex[:6]}")) as s:
         proof = run_through_kafka(s, args.events, args.seed, args.rate,
                                   s.data_dir / "logs" / s.namespace)
-    finally:
-        delete_namespace_topics(s)
-        delete_namespace_keys(s)
 
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"

@@ -29,11 +29,11 @@ from pathlib import Path
 from confluent_kafka import Consumer
 
 from driftline.config import Settings
-from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
+from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.namespaces import scratch_namespace
 from driftline.processes import worker_process
 from driftline.producer import produce
 from driftline.stack import LocalStack
-from driftline.stores import delete_namespace_keys
 from monitoring.quantiles import histogram_quantile
 from monitoring.scrape import scrape
 from streams.generators import generate_history
@@ -56,16 +56,14 @@ def main() -> None:
 
     base = Settings.from_env()
     LocalStack(base).up()
-    s = base.with_overrides(namespace=base.prefixed(f"bench-{uuid.uuid4().hex[:6]}"))
-    ensure_pipeline_topics(s, args.pipeline)
-    topics = PipelineTopics.for_spec(PIPELINES[args.pipeline], s.namespace)
-    worker = worker_process(s, s.data_dir / "logs" / "bench").start()
-    try:
-        result = run(s, args, topics)
-    finally:
-        worker.stop()
-        delete_namespace_topics(s)
-        delete_namespace_keys(s)
+    with scratch_namespace(base, base.prefixed(f"bench-{uuid.uuid4().hex[:6]}")) as s:
+        ensure_pipeline_topics(s, args.pipeline)
+        topics = PipelineTopics.for_spec(PIPELINES[args.pipeline], s.namespace)
+        worker = worker_process(s, s.data_dir / "logs" / "bench").start()
+        try:
+            result = run(s, args, topics)
+        finally:
+            worker.stop()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"freshness-{args.pipeline}-{args.rate:.0f}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

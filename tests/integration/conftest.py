@@ -15,10 +15,11 @@ import redis
 from confluent_kafka import Producer
 
 from driftline.config import Settings
-from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
+from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.namespaces import scratch_namespace
 from driftline.processes import api_process, worker_process
 from driftline.stack import LocalStack
-from driftline.stores import RedisKeys, delete_namespace_keys
+from driftline.stores import RedisKeys
 from driftline.topic_reader import read_topic
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
@@ -34,21 +35,18 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory) -> Settings:
     base = Settings.from_env()
-    s = base.with_overrides(
-        namespace=f"t{uuid.uuid4().hex[:8]}",
-        worker_port=free_port(),
-        api_port=free_port(),
-        snapshot_every=50,
-        snapshot_seconds=0.5,
-        model_refresh_seconds=0.2,
-        reconcile_seconds=2.0,
-    )
-    LocalStack(s).up()  # a no-op when `make test` brought it up already
-    ensure_pipeline_topics(s, "fraud")
-    yield s
-    # Runs after the worker and API fixtures have stopped (they depend on this one).
-    delete_namespace_topics(s)
-    delete_namespace_keys(s)
+    LocalStack(base).up()  # a no-op when `make test` brought it up already
+    # The namespace is removed after the worker and API fixtures have stopped (they
+    # depend on this one).
+    with scratch_namespace(base, f"t{uuid.uuid4().hex[:8]}",
+                           worker_port=free_port(),
+                           api_port=free_port(),
+                           snapshot_every=50,
+                           snapshot_seconds=0.5,
+                           model_refresh_seconds=0.2,
+                           reconcile_seconds=2.0) as s:
+        ensure_pipeline_topics(s, "fraud")
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.concept_drift import run_through_kafka
-from driftline.kafka_admin import delete_namespace_topics
-from driftline.stores import delete_namespace_keys
+from driftline.namespaces import scratch_namespace
 from online_models.registry import Registry
 from tests.integration.conftest import free_port
 
@@ -20,12 +19,9 @@ EVENTS = 8000
 
 @pytest.fixture
 def own_settings(settings):
-    s = settings.with_overrides(namespace=f"{settings.namespace}-drift",
-                                worker_port=free_port(), retrainer_port=free_port(),
-                                snapshot_every=200)
-    yield s
-    delete_namespace_topics(s)
-    delete_namespace_keys(s)
+    with scratch_namespace(settings, f"{settings.namespace}-drift", worker_port=free_port(),
+                           retrainer_port=free_port(), snapshot_every=200) as s:
+        yield s
 
 
 def test_drift_is_detected_a_challenger_promoted_and_accuracy_recovers(own_settings, logs):

@@ -10,9 +10,10 @@ import uuid
 import pytest
 import redis
 
-from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
+from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.namespaces import scratch_namespace
 from driftline.processes import worker_process
-from driftline.stores import RedisKeys, delete_namespace_keys
+from driftline.stores import RedisKeys
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
@@ -26,12 +27,10 @@ N = 3000
 
 @pytest.fixture
 def own_settings(settings):
-    s = settings.with_overrides(namespace=f"{settings.namespace}-learner",
-                                worker_port=free_port(), snapshot_every=100)
-    ensure_pipeline_topics(s, "fraud")
-    yield s
-    delete_namespace_topics(s)
-    delete_namespace_keys(s)
+    with scratch_namespace(settings, f"{settings.namespace}-learner",
+                           worker_port=free_port(), snapshot_every=100) as s:
+        ensure_pipeline_topics(s, "fraud")
+        yield s
 
 
 def learner_state(s) -> dict[str, str]:

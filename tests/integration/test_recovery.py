@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
+from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.namespaces import scratch_namespace
 from driftline.processes import worker_process
-from driftline.stores import delete_namespace_keys
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
@@ -26,12 +26,10 @@ N = 4000
 
 @pytest.fixture
 def own_settings(settings):
-    s = settings.with_overrides(namespace=f"{settings.namespace}-recovery",
-                                worker_port=free_port())
-    ensure_pipeline_topics(s, "fraud")
-    yield s
-    delete_namespace_topics(s)
-    delete_namespace_keys(s)
+    with scratch_namespace(settings, f"{settings.namespace}-recovery",
+                           worker_port=free_port()) as s:
+        ensure_pipeline_topics(s, "fraud")
+        yield s
 
 
 def test_killed_worker_restores_its_tables_and_features_match(own_settings, logs):
