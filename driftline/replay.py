@@ -29,4 +29,5 @@ def replay(settings: Settings, pipeline: str, timeout: float = 120.0) -> ParityR
     replayed = recompute(spec, events())
     logged = (parse(TrainingExample, r.value) for r in read_topic(settings, topics.training,
                                                                   timeout))
-    return compare(replayed, logged)
+    online_only = set(spec.model_feature_names) - set(spec.feature_names)
+    return compare(replayed, logged, online_only)

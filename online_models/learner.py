@@ -67,7 +67,7 @@ class OnlineLearner:
         drift = spec.drift
         self.concept = ConceptDriftMonitor(drift.concept, **dict(drift.concept_params))
         self.feature_drift = FeatureDriftMonitor(
-            spec.feature_names, categorical=drift.categorical,
+            spec.model_feature_names, categorical=drift.categorical,
             reference_size=drift.reference_size, window=drift.window,
             check_every=drift.check_every, psi_threshold=drift.psi_threshold,
             p_value=drift.p_value)

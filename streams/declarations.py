@@ -141,6 +141,29 @@ class RetrainPolicy:
 
 
 @dataclass(frozen=True)
+class EmbeddingPolicy:
+    """Labeled events and entity profiles as vectors in Milvus: similar-case search, and
+    optionally the neighbour feature (the label rate among the ``neighbours`` nearest
+    labeled events) as a model input. See :mod:`streams.embeddings` for the vectors."""
+
+    features: tuple[str, ...] = ()        # embedded features; default: every declared one
+    metric: Literal["L2", "IP", "COSINE"] = "L2"
+    index: str = "HNSW"                   # a Milvus index type: HNSW, IVF_FLAT, FLAT, ...
+    index_params: tuple[tuple[str, int], ...] = (("M", 16), ("efConstruction", 200))
+    search_params: tuple[tuple[str, int], ...] = (("ef", 64),)
+    fit_rows: int = 1000                  # labeled rows the standardizer learns, then frozen
+    profile_half_life: float = 86_400.0   # seconds of event time, for entity profiles
+    neighbour_feature: str | None = None  # a model feature's name; None: no such feature
+    neighbours: int = 20                  # k of the neighbour feature
+
+    def __post_init__(self) -> None:
+        if self.fit_rows < 2:
+            raise ValueError("embeddings: fit_rows must be at least 2")
+        if self.neighbours < 1:
+            raise ValueError("embeddings: neighbours must be at least 1")
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """Everything Driftline needs to know about one pipeline."""
 
@@ -165,7 +188,8 @@ class PipelineSpec:
     max_recent: int = 512                 # events kept per entity, whatever the traffic
     drift: DriftPolicy = DriftPolicy()
     retrain: RetrainPolicy = RetrainPolicy()
-    feature_names: tuple[str, ...] = field(init=False)
+    embeddings: EmbeddingPolicy | None = None  # None: nothing goes to Milvus
+    feature_names: tuple[str, ...] = field(init=False)  # computed by the feature engine
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.features]
@@ -192,7 +216,21 @@ class PipelineSpec:
         if self.retrain.metric and self.retrain.metric not in self.metrics:
             raise ValueError(f"{self.name}: retrain.metric {self.retrain.metric!r} is not one "
                              f"of the declared metrics {self.metrics}")
+        if self.embeddings is not None:
+            for name in self.embeddings.features:
+                if name not in names:
+                    raise ValueError(f"{self.name}: embeddings.features names unknown "
+                                     f"feature {name!r}")
+            if self.embeddings.neighbour_feature in names:
+                raise ValueError(f"{self.name}: the neighbour feature "
+                                 f"{self.embeddings.neighbour_feature!r} is declared twice")
         object.__setattr__(self, "feature_names", tuple(names))
+
+    @property
+    def model_feature_names(self) -> tuple[str, ...]:
+        """What the model sees: the engine's features, then the neighbour feature."""
+        extra = self.embeddings.neighbour_feature if self.embeddings else None
+        return self.feature_names + ((extra,) if extra else ())
 
     def describe(self) -> dict[str, Any]:
         """The declaration as JSON-ready data: the lineage of every model trained from it.
@@ -215,6 +253,7 @@ class PipelineSpec:
             "event": self.event_type.__name__, "label": self.label_type.__name__,
             "features": [feature(f) for f in self.features],
             "drift": asdict(self.drift), "retrain": asdict(self.retrain),
+            "embeddings": asdict(self.embeddings) if self.embeddings else None,
         }
 
     @property

@@ -16,6 +16,7 @@ from pydantic import Field
 from streams.declarations import (
     Agg,
     Derived,
+    EmbeddingPolicy,
     Ewma,
     FirstSeen,
     PipelineSpec,
@@ -87,4 +88,6 @@ FRAUD = PipelineSpec(
         Derived("amount_to_mean", amount_to_mean),
         FirstSeen("new_merchant", "merchant_id", memory=64),
     ),
+    # Labeled payments and cards as vectors in Milvus: "which past frauds look like this?"
+    embeddings=EmbeddingPolicy(metric="L2", index="HNSW", profile_half_life=7 * 24 * HOUR),
 )
