@@ -8,6 +8,7 @@
     <p>.training --learn--> model snapshots + checkpoint in Redis (one partition: one writer)
                             drift detections --> <p>.control
     <p>.control --control--> promotions and rollbacks swap the learner's model
+    <p>.training --embed--> Milvus: labeled-event vectors, entity profiles (agents/embedding.py)
     anything malformed --> <p>.deadletter, with the reason
 
 Every agent runs with concurrency 1: faust-streaming can commit past an in-flight
@@ -23,14 +24,23 @@ import json
 import logging
 import pickle
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
 
 from agents.faust_fixes import GapFiller
 from driftline.config import Settings
-from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, connect
+from driftline.stores import (
+    EmbeddingStore,
+    FeatureStore,
+    LiveModel,
+    RedisKeys,
+    SnapshotStore,
+    connect,
+)
 from driftline.topic_reader import read_range
+from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
 from online_models import evaluation
 from online_models.learner import OnlineLearner
@@ -95,6 +105,8 @@ class PipelineAgents:
         self._published_updates = 0
         self._published_at = 0.0
         self.live: LiveModel | None = None
+        # Erased entities (DELETE /v1/entities): their data up to this event time is gone.
+        self._forgotten: dict[str, float] = {}
 
         app.agent(self.events_topic, name=f"{self.name}-score")(self.score_events)
         app.agent(self.labels_topic, name=f"{self.name}-labels")(self.forward_labels)
@@ -106,6 +118,10 @@ class PipelineAgents:
         app.timer(settings.model_refresh_seconds)(self.refresh_model)
         app.timer(settings.snapshot_seconds)(self.publish_if_due)
         app.timer(settings.reconcile_seconds)(self.reconcile)
+        if pipeline.embeddings is not None:
+            from agents.embedding import EmbeddingAgent
+
+            self.embedding = EmbeddingAgent(self)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -121,6 +137,13 @@ class PipelineAgents:
     @functools.cached_property
     def snapshots(self) -> SnapshotStore:
         return SnapshotStore(self.redis, self.keys)
+
+    @functools.cached_property
+    def space(self) -> EmbeddingSpace | None:
+        """The neighbour feature's view of Milvus, when the pipeline embeds."""
+        if self.p.embeddings is None:
+            return None
+        return EmbeddingSpace(self.s, self.p, EmbeddingStore(self.redis, self.keys), "worker")
 
     async def on_start(self) -> None:
         """Make sure a model exists before the first event is scored."""
@@ -141,6 +164,15 @@ class PipelineAgents:
     async def refresh_model(self, *_: Any) -> None:
         if self.live is not None and await self.live.refresh():
             m.MODEL_SWAPS.labels(self.name, "worker").inc()
+        await self.refresh_forgotten()
+
+    async def refresh_forgotten(self) -> None:
+        self._forgotten = await EmbeddingStore(self.redis, self.keys).forgotten()
+
+    def forgotten(self, entity: str, event_time: float) -> bool:
+        """Whether this event of ``entity`` is part of data erased on request."""
+        until = self._forgotten.get(entity)
+        return until is not None and event_time <= until
 
     # ---- events: validate, featurize, score, emit ------------------------------------
 
@@ -152,7 +184,11 @@ class PipelineAgents:
         started = time.perf_counter()
         record = parse(self.p.event_type, event.value)
         entity = self.p.entity_of(record)
+        event_time = self.p.time_of(record)
         prior = self.entity_state.get(entity)
+        erased = self.forgotten(entity, event_time)
+        if erased or (prior and self.forgotten(entity, prior["newest"])):
+            prior = None  # the history before the erasure is not used, nor rebuilt
         try:
             state, features = self.engine.observe(prior, record)
         except DuplicateEvent:
@@ -162,13 +198,15 @@ class PipelineAgents:
         except LateEvent as exc:
             m.LATE_EVENTS.labels(self.name).inc()
             raise InvalidRecord({exc.field: f"late: {exc}"}) from None
-        self.entity_state[entity] = state
+        if self.space is not None:
+            await self.space.add_neighbour_feature(features)
         snap = self.live.current if self.live else None
         proba = predict(snap.model, self.p.task, features) if snap else 0.0
         version = snap.version if snap else "none"
-        event_time = self.p.time_of(record)
         event_id = self.p.event_id_of(record)
-        await self.feature_store.put(entity, features, state, event_time)
+        if not erased:  # an event from before the erasure is scored, and not remembered
+            self.entity_state[entity] = state
+            await self.feature_store.put(entity, features, state, event_time)
         # Kafka's create time is when the producer sent it: freshness is measured from it.
         m.FEATURE_FRESHNESS.labels(self.name).observe(max(0.0, time.time() - msg.timestamp))
         await self.predictions_topic.send(
@@ -288,33 +326,45 @@ class PipelineAgents:
         already (skipped); one after it means Faust committed past examples the checkpoint
         does not reflect, which are fetched and applied first.
         """
-        msg = event.message
         async with self._learning:
             learner = await self._learner()
-            if learner.next_offset is None:
-                learner.next_offset = msg.offset
-            if msg.offset < learner.next_offset:
-                m.LABELS_REPLAYED.labels(self.name, "skipped").inc()
-                return
-            if msg.offset > learner.next_offset:
-                missed = await asyncio.to_thread(read_range, self.s, msg.topic, msg.partition,
-                                                 learner.next_offset, msg.offset)
-                if not missed or missed[-1].offset < msg.offset - 1:
-                    # A partial read: fail this record (dead letter) rather than skip
-                    # examples; the next record fetches the whole gap again.
-                    raise RuntimeError(f"fetched training examples {learner.next_offset}.."
-                                       f"{msg.offset - 1} only partially")
-                for rec in missed:
-                    m.LABELS_REPLAYED.labels(self.name, "fetched").inc()
-                    try:
-                        self._apply(learner, rec.value, rec.offset)
-                    except InvalidRecord as exc:
-                        await self.dead_letter(rec.topic, rec.partition, rec.offset, rec.key,
-                                               rec.value, exc, "training", "invalid")
-            self._apply(learner, event.value, msg.offset)
+            await self.apply_in_order(learner, event, functools.partial(self._apply, learner),
+                                      reader="learn")
             await self._report_drift(learner)
             if learner.updates - self._published_updates >= self.s.snapshot_every:
                 await self.publish()
+
+    async def apply_in_order(self, cursor: Any, event: faust.EventT,
+                             apply: Callable[[bytes, int], None], reader: str) -> None:
+        """Apply a training-topic record to ``cursor`` (anything with a ``next_offset``
+        that ``apply`` moves on) exactly once, in offset order.
+
+        A record before ``cursor.next_offset`` is in the cursor's checkpoint already and is
+        skipped; a record after it means Faust committed past records the checkpoint does
+        not reflect, which are fetched and applied first.
+        """
+        msg = event.message
+        if cursor.next_offset is None:
+            cursor.next_offset = msg.offset
+        if msg.offset < cursor.next_offset:
+            m.LABELS_REPLAYED.labels(self.name, reader, "skipped").inc()
+            return
+        if msg.offset > cursor.next_offset:
+            missed = await asyncio.to_thread(read_range, self.s, msg.topic, msg.partition,
+                                             cursor.next_offset, msg.offset)
+            if not missed or missed[-1].offset < msg.offset - 1:
+                # A partial read: fail this record (dead letter) rather than skip
+                # examples; the next record fetches the whole gap again.
+                raise RuntimeError(f"fetched training examples {cursor.next_offset}.."
+                                   f"{msg.offset - 1} only partially")
+            for rec in missed:
+                m.LABELS_REPLAYED.labels(self.name, reader, "fetched").inc()
+                try:
+                    apply(rec.value, rec.offset)
+                except InvalidRecord as exc:
+                    await self.dead_letter(rec.topic, rec.partition, rec.offset, rec.key,
+                                           rec.value, exc, "training", "invalid")
+        apply(event.value, msg.offset)
 
     def _apply(self, learner: OnlineLearner, value: bytes, offset: int) -> None:
         # The offset moves on even for an invalid example: it is dead-lettered, not retried.

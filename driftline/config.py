@@ -73,6 +73,13 @@ class Settings:
     # How often the learner checks that it serves the registry's champion, and swaps it in
     # if not (a promotion whose control event was lost) (DRIFTLINE_RECONCILE_SECONDS).
     reconcile_seconds: float = 30.0
+    # Labeled-event vectors are written to Milvus in batches of N or every T seconds
+    # (DRIFTLINE_VECTOR_BATCH, DRIFTLINE_VECTOR_FLUSH_SECONDS).
+    vector_batch: int = 500
+    vector_flush_seconds: float = 2.0
+    # Time budget of one neighbour-feature search; past it the feature takes its default
+    # and scoring goes on (DRIFTLINE_NEIGHBOUR_TIMEOUT_SECONDS).
+    neighbour_timeout_seconds: float = 0.25
     # The retrainer's HTTP port, which serves its /metrics (DRIFTLINE_RETRAINER_PORT).
     retrainer_port: int = 6067
     # Log level of the services (DRIFTLINE_LOG_LEVEL).

@@ -8,16 +8,23 @@ from collections.abc import Iterator
 from driftline.config import Settings
 from driftline.kafka_admin import delete_namespace_topics
 from driftline.stores import delete_namespace_keys
+from driftline.vectors import drop_namespace_collections
 
 
 @contextlib.contextmanager
 def scratch_namespace(settings: Settings, namespace: str, **overrides: object
                       ) -> Iterator[Settings]:
-    """``settings`` in ``namespace`` (with ``overrides``); its topics and Redis keys are
-    deleted when the block ends, however it ends."""
+    """``settings`` in ``namespace`` (with ``overrides``); its topics, Redis keys and
+    Milvus collections are deleted when the block ends, however it ends."""
     s = settings.with_overrides(namespace=namespace, **overrides)
     try:
         yield s
     finally:
-        delete_namespace_topics(s)
-        delete_namespace_keys(s)
+        remove_namespace(s)
+
+
+def remove_namespace(settings: Settings) -> None:
+    """Delete the topics, Redis keys and Milvus collections of ``settings.namespace``."""
+    delete_namespace_topics(settings)
+    delete_namespace_keys(settings)
+    drop_namespace_collections(settings)

@@ -65,6 +65,9 @@ class ServiceStatus:
         return f"{self.name:<6} {state:<38} {self.address:<22} log: {self.log}"
 
 
+SERVICES = ("kafka", "milvus", "redis")
+
+
 class LocalStack:
     """Start, stop and report the local Kafka broker, Redis and Milvus Lite servers."""
 
@@ -79,16 +82,16 @@ class LocalStack:
 
     # ---- public commands -------------------------------------------------------------
 
-    def up(self, timeout: float = 90.0) -> None:
-        """Bring both services up; a service already up is left as it is."""
+    def up(self, timeout: float = 90.0, services: tuple[str, ...] = SERVICES) -> None:
+        """Bring the services up; a service already up is left as it is."""
         self.data.mkdir(parents=True, exist_ok=True)
-        self._up_redis(timeout)
-        self._up_milvus(timeout)
-        self._up_kafka(timeout)
+        for name in ("redis", "milvus", "kafka"):
+            if name in services:
+                getattr(self, f"_up_{name}")(timeout)
 
-    def down(self) -> None:
+    def down(self, services: tuple[str, ...] = SERVICES) -> None:
         """Stop what ``up`` started, and nothing else."""
-        for name in ("kafka", "milvus", "redis"):
+        for name in services:
             pid = self._owned_pid(name)
             if pid is None:
                 self._say(f"{name}: not started by driftline, nothing to stop")
@@ -96,6 +99,10 @@ class LocalStack:
             self._say(f"{name}: stopping pid {pid}")
             _terminate(pid)
             self._pidfile(name).unlink(missing_ok=True)
+
+    def pid(self, name: str) -> int | None:
+        """The process id of service ``name`` when this stack started it."""
+        return self._owned_pid(name)
 
     def status(self) -> list[ServiceStatus]:
         return [

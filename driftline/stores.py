@@ -45,6 +45,16 @@ class RedisKeys:
     def checkpoint(self) -> str:
         return f"{self.prefix}{self.pipeline}:checkpoint"
 
+    @property
+    def embedding(self) -> str:
+        """The embedding agent's checkpoint and the frozen embedder it publishes."""
+        return f"{self.prefix}{self.pipeline}:embedding"
+
+    @property
+    def forgotten(self) -> str:
+        """Erased entities, each with its newest event time when it was erased."""
+        return f"{self.prefix}{self.pipeline}:forgotten"
+
 
 class FeatureStore:
     """One hash per entity: its latest features (readable by anyone) and the window state
@@ -61,6 +71,10 @@ class FeatureStore:
         mapping["_state"] = json.dumps(state, separators=(",", ":"))
         mapping["_written_at"] = repr(time.time())
         await self.r.hset(self.keys.features(entity), mapping=mapping)
+
+    async def delete(self, entity: str) -> bool:
+        """Erase the entity's features and window state; whether there were any."""
+        return bool(await self.r.delete(self.keys.features(entity)))
 
     async def get(self, entity: str) -> tuple[dict[str, float], dict[str, Any] | None]:
         """The entity's latest features and window state (``{}, None`` when unknown)."""
@@ -129,6 +143,38 @@ class SnapshotStore:
         if blob is None or version is None:
             return None
         return ModelSnapshot(pickle.loads(blob), version.decode(), float(at or 0))
+
+
+class EmbeddingStore:
+    """The embedding agent's checkpoint, the frozen embedder it publishes for the scorers
+    and the API, and the register of erased entities."""
+
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+        self.r = client
+        self.keys = keys
+
+    async def save(self, checkpoint: Any, embedder: Any | None) -> None:
+        mapping = {"checkpoint": pickle.dumps(checkpoint)}
+        if embedder is not None:
+            mapping["embedder"] = pickle.dumps(embedder)
+        await self.r.hset(self.keys.embedding, mapping=mapping)
+
+    async def checkpoint(self) -> Any:
+        blob = await self.r.hget(self.keys.embedding, "checkpoint")
+        return pickle.loads(blob) if blob is not None else None
+
+    async def embedder(self) -> Any:
+        """The frozen embedder, or None while the agent is still fitting it."""
+        blob = await self.r.hget(self.keys.embedding, "embedder")
+        return pickle.loads(blob) if blob is not None else None
+
+    async def forget(self, entity: str, until: float) -> None:
+        """Record that ``entity``'s data up to event time ``until`` is erased."""
+        await self.r.hset(self.keys.forgotten, entity, repr(until))
+
+    async def forgotten(self) -> dict[str, float]:
+        raw = await self.r.hgetall(self.keys.forgotten)
+        return {k.decode(): float(v) for k, v in raw.items()}
 
 
 class LiveModel:

@@ -59,8 +59,9 @@ LABEL_DUPLICATES = Counter("driftline_label_duplicates_total",
                            ["pipeline"])
 LABELS_REPLAYED = Counter("driftline_labels_replayed_total",
                           "Training examples met again after a restart: skipped (in the "
-                          "checkpoint already) or fetched (committed past, not checkpointed)",
-                          ["pipeline", "action"])
+                          "checkpoint already) or fetched (committed past, not checkpointed), "
+                          "by reader (learn: the learner; embed: the embedding agent)",
+                          ["pipeline", "reader", "action"])
 PREQUENTIAL = Gauge("driftline_prequential_metric",
                     "Rolling prequential metric of the current model revision (its served "
                     "scores against the labels that came later)",
@@ -100,6 +101,24 @@ RETRAINS = Counter("driftline_retrains_total",
 RETRAIN_SECONDS = Histogram("driftline_retrain_seconds",
                             "Reading the window, training and comparing one challenger",
                             ["pipeline"], buckets=(.5, 1, 2, 5, 10, 20, 30, 60, 120, 300))
+
+# ---- embeddings (Milvus) --------------------------------------------------------------
+VECTORS_WRITTEN = Counter("driftline_vectors_written_total",
+                          "Vectors upserted into Milvus, by collection kind (events, entities)",
+                          ["pipeline", "kind"])
+VECTOR_FLUSH_SECONDS = Histogram("driftline_vector_flush_seconds",
+                                 "Writing one batch of event and profile vectors to Milvus",
+                                 ["pipeline"],
+                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+VECTOR_BACKLOG = Gauge("driftline_vector_backlog",
+                       "Labeled events applied but not yet written to Milvus (held while the "
+                       "standardizer warms up, or while Milvus does not answer)", ["pipeline"])
+NEIGHBOUR_LOOKUPS = Counter("driftline_neighbour_lookups_total",
+                            "Neighbour-feature searches by outcome: ok, not_ready (no frozen "
+                            "standardizer yet), timeout, error (the default value was used)",
+                            ["pipeline", "process", "outcome"])
+ENTITIES_FORGOTTEN = Counter("driftline_entities_forgotten_total",
+                             "Entities erased on request (features and vectors)", ["pipeline"])
 
 # ---- scoring (worker and API) --------------------------------------------------------
 MODEL_SWAPS = Counter("driftline_model_swaps_total",

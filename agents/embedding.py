@@ -1,0 +1,193 @@
+"""The embedding agent: labeled events and entity profiles into Milvus.
+
+::
+
+    <p>.training --embed--> <prefix>_events    one vector per labeled event (upsert by id)
+                            <prefix>_entities  one time-decayed profile per entity
+
+It is a second reader of the training topic, beside the learner, so a slow or absent
+Milvus delays the vectors and never the model: Kafka holds what is not written yet.
+
+Exactly once, as the learner: the checkpoint in Redis holds the offset of the next example
+to apply and is written only after the vectors before it are in Milvus. Event rows are
+upserts by event id and a profile remembers the offset of its newest event, so a batch
+written again after a crash changes nothing.
+
+The first ``fit_rows`` examples teach the standardizer (:mod:`streams.embeddings`); they
+wait in the checkpoint until it is frozen, and are then written like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import faust
+
+from driftline.stores import EmbeddingStore
+from driftline.vectors import VectorStore, ensure_collections
+from monitoring import metrics as m
+from streams.embeddings import EventEmbedder, Profile
+from streams.schemas import InvalidRecord, TrainingExample, parse
+
+if TYPE_CHECKING:
+    from agents.pipeline import PipelineAgents
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddingCheckpoint:
+    """What a restart of the agent needs; pickled into Redis after each written batch."""
+
+    embedder: EventEmbedder
+    next_offset: int | None = None
+    # Examples (with their offsets) the standardizer learned from, until it is frozen.
+    warmup: list[tuple[int, TrainingExample]] = field(default_factory=list)
+    # Recent event ids: the join may emit an example twice, a profile counts it once.
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    DEDUPE_WINDOW = 5000
+
+
+class EmbeddingAgent:
+    """Registers the embed agent and its flush timer for ``agents``' pipeline."""
+
+    def __init__(self, agents: PipelineAgents) -> None:
+        self.a = agents
+        self.spec = agents.p
+        self.name = agents.name
+        self.policy = agents.p.embeddings
+        self.s = agents.s
+        self.state: EmbeddingCheckpoint | None = None
+        self.pending: list[tuple[int, TrainingExample]] = []  # applied, not yet in Milvus
+        self._saved_offset: int | None = None
+        self._flushed_at = time.monotonic()
+        self._lock = asyncio.Lock()
+        self._collections_ready = False
+        app: faust.App = agents.app
+        app.agent(agents.training_topic, name=f"{self.name}-embed")(self.embed)
+        app.timer(self.s.vector_flush_seconds)(self.flush_if_due)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    @functools.cached_property
+    def vectors(self) -> VectorStore:
+        return VectorStore(self.s, self.spec)  # made on first use, inside the loop
+
+    @functools.cached_property
+    def store(self) -> EmbeddingStore:
+        return EmbeddingStore(self.a.redis, self.a.keys)
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+        if any(tp.topic == self.a.topics.training for tp in revoked):
+            async with self._lock:  # resume from the checkpoint if it comes back
+                self.state, self.pending = None, []
+
+    # ---- applying examples ----------------------------------------------------------
+
+    async def embed(self, stream: faust.StreamT) -> None:
+        await self.a._consume(stream, "embed", self._embed_one)
+
+    async def _embed_one(self, event: faust.EventT) -> None:
+        async with self._lock:
+            state = await self._state()
+            await self.a.apply_in_order(state, event, functools.partial(self._apply, state),
+                                        reader="embed")
+            due = len(self.pending) >= self.s.vector_batch
+        if due:
+            # Milvus down: hold the stream here (Kafka keeps the rest) rather than grow
+            # the backlog without bound.
+            while not await self.flush() and len(self.pending) >= 10 * self.s.vector_batch:
+                await asyncio.sleep(self.s.vector_flush_seconds)
+
+    def _apply(self, state: EmbeddingCheckpoint, value: bytes, offset: int) -> None:
+        state.next_offset = offset + 1
+        try:
+            example = parse(TrainingExample, value)
+        except InvalidRecord:
+            return  # the learner dead-letters it; one dead letter per record is enough
+        if (example.event_id in state.seen
+                or self.a.forgotten(example.entity, example.event_time)):
+            return
+        state.seen[example.event_id] = None
+        while len(state.seen) > state.DEDUPE_WINDOW:
+            state.seen.popitem(last=False)
+        if state.embedder.frozen:
+            self.pending.append((offset, example))
+            return
+        state.warmup.append((offset, example))
+        if state.embedder.fit_one(example.features):
+            self.pending.extend(state.warmup)
+            state.warmup = []
+            log.info("%s: embedding standardizer frozen after %d labeled events", self.name,
+                     state.embedder.rows)
+
+    async def _state(self) -> EmbeddingCheckpoint:
+        if self.state is None:
+            state = await self.store.checkpoint()
+            self.state = state or EmbeddingCheckpoint(EventEmbedder(self.spec))
+            self._saved_offset = self.state.next_offset
+            log.info("%s: embedding agent at offset %s (%d warm-up rows)", self.name,
+                     self.state.next_offset, len(self.state.warmup))
+        return self.state
+
+    # ---- writing to Milvus -----------------------------------------------------------
+
+    async def flush_if_due(self, *_: Any) -> None:
+        if time.monotonic() - self._flushed_at >= self.s.vector_flush_seconds:
+            await self.flush()
+
+    async def flush(self) -> bool:
+        """Write the pending vectors and profiles, then the checkpoint; whether it worked."""
+        async with self._lock:
+            state = self.state
+            self._flushed_at = time.monotonic()
+            if state is None or (not self.pending and state.next_offset == self._saved_offset):
+                return True
+            started = time.perf_counter()
+            try:
+                if self.pending:
+                    await self._write(state.embedder, self.pending)
+                await self.store.save(state, state.embedder if state.embedder.frozen else None)
+            except Exception:  # noqa: BLE001 - Milvus or Redis is down: retry next round
+                log.warning("%s: could not write %d vectors, will retry", self.name,
+                            len(self.pending), exc_info=True)
+                m.VECTOR_BACKLOG.labels(self.name).set(len(self.pending) + len(state.warmup))
+                return False
+            self.pending = []
+            self._saved_offset = state.next_offset
+            m.VECTOR_BACKLOG.labels(self.name).set(len(state.warmup))
+            m.VECTOR_FLUSH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+            return True
+
+    async def _write(self, embedder: EventEmbedder, batch: list[tuple[int, TrainingExample]]
+                     ) -> None:
+        if not self._collections_ready:
+            await asyncio.to_thread(ensure_collections, self.s, self.spec)
+            self._collections_ready = True
+        await self.a.refresh_forgotten()  # an erasure since these were applied wins
+        batch = [(o, e) for o, e in batch if not self.a.forgotten(e.entity, e.event_time)]
+        rows, vectors = [], {}
+        for offset, ex in batch:
+            vectors[offset] = embedder.vector(ex.features)
+            rows.append({"id": ex.event_id, "vector": vectors[offset], "entity": ex.entity,
+                         "label": float(ex.label), "event_time": ex.event_time,
+                         "score": ex.score, "model_version": ex.model_version[:64],
+                         "offset": offset})
+        await self.vectors.upsert_events(rows)
+        profiles = await self.vectors.profiles(ex.entity for _, ex in batch)
+        changed: dict[str, Profile] = {}
+        for offset, ex in batch:
+            before = changed.get(ex.entity) or profiles.get(ex.entity)
+            label, t = float(ex.label), ex.event_time
+            changed[ex.entity] = (
+                Profile.first(vectors[offset], label, t, offset) if before is None else
+                before.add(vectors[offset], label, t, offset, self.policy.profile_half_life))
+        await self.vectors.upsert_profiles(changed)
+        m.VECTORS_WRITTEN.labels(self.name, "events").inc(len(rows))
+        m.VECTORS_WRITTEN.labels(self.name, "entities").inc(len(changed))

@@ -1,0 +1,267 @@
+"""The Milvus adapter: a pipeline's two collections, and every read and write of them.
+
+* ``<prefix>_events``: one row per labeled event, keyed by event id: its vector
+  (:class:`streams.embeddings.EventEmbedder`), label, entity, event time, served score and
+  model version, and its offset in the training topic;
+* ``<prefix>_entities``: one row per entity, keyed by entity id: its time-decayed
+  :class:`~streams.embeddings.Profile`.
+
+Every process reaches Milvus by ``settings.milvus_uri``: the Milvus Lite server that
+``driftline stack up`` starts (a Milvus Lite file admits one opener only, so no process
+opens the file itself), or a Milvus server. Writes are upserts keyed by id, so replaying
+a batch after a crash changes nothing.
+
+Collections are made with the blocking client: Milvus Lite's server lacks the
+``AllocTimestamp`` call that the asyncio client's ``create_index`` waits with. Everything
+else uses :class:`pymilvus.AsyncMilvusClient`, inside the caller's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pymilvus import AsyncMilvusClient, DataType, MilvusClient
+
+from driftline.config import Settings
+from driftline.stores import EmbeddingStore
+from monitoring import metrics as m
+from streams.declarations import PipelineSpec
+from streams.embeddings import EventEmbedder, Profile, neighbour_rate, policy_of
+
+log = logging.getLogger(__name__)
+
+# pymilvus pings every 10 s even when idle; a gRPC server with default settings (Milvus
+# Lite's) tolerates a ping every 5 minutes only and answers GOAWAY "too_many_pings", and
+# the next call on that channel fails. Ping only during calls, at the server's pace.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": 0}
+
+ID_LENGTH = 128  # event ids and entity ids are at most this long (the schemas say so)
+EVENT_FIELDS = ["entity", "label", "event_time", "score", "model_version", "offset"]
+ENTITY_FIELDS = ["label", "weight", "updated", "events", "last_offset"]
+
+
+def collection_prefix(settings: Settings) -> str:
+    """``dl_<namespace>_``: Milvus names allow letters, digits and underscores only."""
+    ns = re.sub(r"\W", "_", settings.namespace)
+    return f"dl_{ns}_" if ns else "dl_"
+
+
+def collection_names(settings: Settings, pipeline: str) -> tuple[str, str]:
+    """The (events, entities) collections of ``pipeline``."""
+    base = collection_prefix(settings) + re.sub(r"\W", "_", pipeline)
+    return f"{base}_events", f"{base}_entities"
+
+
+def quoted(value: str) -> str:
+    """A string literal for a Milvus filter expression."""
+    return json.dumps(value)
+
+
+def blocking_client(settings: Settings) -> MilvusClient:
+    return MilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS)
+
+
+def ensure_collections(settings: Settings, spec: PipelineSpec) -> None:
+    """Create (and load) the pipeline's collections if missing, as it declares them."""
+    policy = policy_of(spec)
+    dim = EventEmbedder(spec).dim
+    events, entities = collection_names(settings, spec.name)
+    client = blocking_client(settings)
+    try:
+        for name, extra in ((events, _event_fields), (entities, _entity_fields)):
+            if not client.has_collection(name):
+                schema = MilvusClient.create_schema(auto_id=False)
+                schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_LENGTH)
+                extra(schema)
+                schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+                index = MilvusClient.prepare_index_params()
+                index.add_index("vector", index_type=policy.index, metric_type=policy.metric,
+                                params=dict(policy.index_params))
+                client.create_collection(name, schema=schema, index_params=index)
+                log.info("created Milvus collection %s (dim %d, %s, %s)", name, dim,
+                         policy.index, policy.metric)
+            client.load_collection(name)
+    finally:
+        client.close()
+
+
+def _event_fields(schema: Any) -> None:
+    schema.add_field("entity", DataType.VARCHAR, max_length=ID_LENGTH)
+    schema.add_field("label", DataType.FLOAT)
+    schema.add_field("event_time", DataType.DOUBLE)
+    schema.add_field("score", DataType.FLOAT)
+    schema.add_field("model_version", DataType.VARCHAR, max_length=64)
+    schema.add_field("offset", DataType.INT64)
+
+
+def _entity_fields(schema: Any) -> None:
+    schema.add_field("label", DataType.FLOAT)
+    schema.add_field("weight", DataType.DOUBLE)
+    schema.add_field("updated", DataType.DOUBLE)
+    schema.add_field("events", DataType.INT64)
+    schema.add_field("last_offset", DataType.INT64)
+
+
+def drop_namespace_collections(settings: Settings) -> int:
+    """Drop every collection of ``settings.namespace`` (refuses the empty namespace)."""
+    if not settings.namespace:
+        raise ValueError("refusing to drop collections without a namespace")
+    prefix = collection_prefix(settings)
+    client = blocking_client(settings)
+    try:
+        names = [n for n in client.list_collections() if n.startswith(prefix)]
+        for name in names:
+            client.drop_collection(name)
+        return len(names)
+    finally:
+        client.close()
+
+
+class VectorStore:
+    """One pipeline's collections, through the asyncio client. Make it inside the loop."""
+
+    def __init__(self, settings: Settings, spec: PipelineSpec) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.policy = policy_of(spec)
+        self.events, self.entities = collection_names(settings, spec.name)
+        self.client = AsyncMilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ---- writes (the embedding agent) ----------------------------------------------
+
+    async def upsert_events(self, rows: list[dict[str, Any]]) -> None:
+        """Rows with ``id``, ``vector`` and :data:`EVENT_FIELDS`."""
+        if rows:
+            await self.client.upsert(self.events, rows)
+
+    async def profiles(self, entities: Iterable[str]) -> dict[str, Profile]:
+        """The stored profiles of ``entities`` (read strongly: they are about to change)."""
+        ids = sorted(set(entities))
+        if not ids:
+            return {}
+        rows = await self.client.get(self.entities, ids=ids, consistency_level="Strong",
+                                     output_fields=["vector", *ENTITY_FIELDS])
+        return {r["id"]: _profile(r) for r in rows}
+
+    async def upsert_profiles(self, profiles: Mapping[str, Profile]) -> None:
+        rows = [{"id": entity, "vector": list(p.vector), "label": p.label, "weight": p.weight,
+                 "updated": p.updated, "events": p.events, "last_offset": p.last_offset}
+                for entity, p in profiles.items()]
+        if rows:
+            await self.client.upsert(self.entities, rows)
+
+    async def events_of(self, entity: str) -> list[dict[str, Any]]:
+        """The entity's event rows (id and event time), read strongly."""
+        return await self.client.query(self.events, filter=f"entity == {quoted(entity)}",
+                                       output_fields=["id", "event_time"],
+                                       consistency_level="Strong")
+
+    async def forget(self, entity: str) -> dict[str, int]:
+        """Delete the entity's event vectors and profile; how many of each were deleted."""
+        events = await self.events_of(entity)
+        if events:
+            await self.client.delete(self.events, ids=[r["id"] for r in events])
+        profile = await self.client.get(self.entities, ids=[entity], output_fields=["id"],
+                                        consistency_level="Strong")
+        if profile:
+            await self.client.delete(self.entities, ids=[entity])
+        return {"events": len(events), "entities": len(profile)}
+
+    # ---- reads (the API, the neighbour feature) ---------------------------------------
+
+    async def profile(self, entity: str) -> Profile | None:
+        return (await self.profiles([entity])).get(entity)
+
+    async def search_events(self, vector: list[float], k: int, *, label: bool | None = None,
+                            exclude_entity: str | None = None) -> list[dict[str, Any]]:
+        """The ``k`` nearest labeled events, nearest first; optionally only those labeled
+        positive (``label=True``) or negative, and not of ``exclude_entity``."""
+        clauses = []
+        if label is not None:
+            clauses.append("label >= 0.5" if label else "label < 0.5")
+        if exclude_entity is not None:
+            clauses.append(f"entity != {quoted(exclude_entity)}")
+        return await self._search(self.events, vector, k, " and ".join(clauses), EVENT_FIELDS)
+
+    async def search_entities(self, vector: list[float], k: int, *,
+                              exclude: str | None = None) -> list[dict[str, Any]]:
+        flt = f"id != {quoted(exclude)}" if exclude is not None else ""
+        return await self._search(self.entities, vector, k, flt, ENTITY_FIELDS)
+
+    async def _search(self, collection: str, vector: list[float], k: int, flt: str,
+                      fields: list[str]) -> list[dict[str, Any]]:
+        hits = await self.client.search(
+            collection, data=[vector], limit=k, filter=flt, output_fields=fields,
+            search_params={"metric_type": self.policy.metric,
+                           "params": dict(self.policy.search_params)})
+        return [{"id": h["id"], "distance": float(h["distance"]), **h["entity"]}
+                for h in hits[0]]
+
+
+def _profile(row: Mapping[str, Any]) -> Profile:
+    return Profile(tuple(float(v) for v in row["vector"]), float(row["weight"]),
+                   float(row["label"]), float(row["updated"]), int(row["events"]),
+                   int(row["last_offset"]))
+
+
+class EmbeddingSpace:
+    """What a scoring process needs of a pipeline's embeddings: the frozen embedder that
+    the embedding agent publishes in Redis, and the collections. Worker and API compute
+    the neighbour feature through this one class, so they compute it alike."""
+
+    RECHECK_SECONDS = 1.0  # how often to look for the embedder while there is none
+
+    def __init__(self, settings: Settings, spec: PipelineSpec, embeddings: EmbeddingStore,
+                 process: str) -> None:
+        self.spec = spec
+        self.policy = policy_of(spec)
+        self.store = VectorStore(settings, spec)
+        self.embeddings = embeddings
+        self.process = process
+        self.timeout = settings.neighbour_timeout_seconds
+        self._embedder: EventEmbedder | None = None
+        self._checked = float("-inf")
+
+    async def embedder(self) -> EventEmbedder | None:
+        """The frozen embedder, None until the agent has published one. (Frozen: it never
+        changes once there, so it is read once.)"""
+        if self._embedder is None and time.monotonic() - self._checked >= self.RECHECK_SECONDS:
+            self._checked = time.monotonic()
+            self._embedder = await self.embeddings.embedder()
+        return self._embedder
+
+    async def add_neighbour_feature(self, features: dict[str, float]) -> None:
+        """Set the declared neighbour feature in ``features`` (when one is declared): the
+        mean label of the k nearest labeled events, or 0.0 when they cannot be had within
+        the time budget. Scoring never fails for it."""
+        name = self.policy.neighbour_feature
+        if name is None:
+            return
+        features[name], outcome = 0.0, "ok"
+        try:
+            embedder = await asyncio.wait_for(self.embedder(), self.timeout)
+            if embedder is None:
+                outcome = "not_ready"
+            else:
+                hits = await asyncio.wait_for(
+                    self.store.search_events(embedder.vector(features), self.policy.neighbours),
+                    self.timeout)
+                features[name] = neighbour_rate([h["label"] for h in hits])
+        except TimeoutError:
+            outcome = "timeout"
+        except Exception:  # noqa: BLE001 - Milvus or Redis is down: score without it
+            log.warning("%s: neighbour search failed", self.spec.name, exc_info=True)
+            outcome = "error"
+        m.NEIGHBOUR_LOOKUPS.labels(self.spec.name, self.process, outcome).inc()
+
+    async def close(self) -> None:
+        await self.store.close()
