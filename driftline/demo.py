@@ -20,11 +20,12 @@ import uuid
 import redis
 
 from driftline.config import Settings
-from driftline.kafka_admin import delete_namespace_topics, ensure_pipeline_topics
+from driftline.kafka_admin import ensure_pipeline_topics
+from driftline.namespaces import remove_namespace
 from driftline.processes import api_process, retrainer_process, worker_process
 from driftline.producer import ProduceReport, kafka_producer, produce
 from driftline.stack import LocalStack
-from driftline.stores import RedisKeys, delete_namespace_keys
+from driftline.stores import RedisKeys
 from monitoring.scrape import Scrape, scrape
 from streams.generators import generate_history
 from streams.generators.fraud import probe_cases
@@ -67,10 +68,9 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
         retrainer.stop()
         worker.stop()
         if not keep:
-            delete_namespace_topics(settings)
-            delete_namespace_keys(settings)
+            remove_namespace(settings)
             shutil.rmtree(settings.data_dir / "worker" / settings.app_id, ignore_errors=True)
-            print("removed the demo's topics and keys (--keep keeps them)")
+            print("removed the demo's topics, keys and vectors (--keep keeps them)")
         print("worker, retrainer and API stopped; the stack is still up "
               "(`driftline stack down` stops it)")
 
@@ -176,7 +176,32 @@ def _fraud_showcase(settings: Settings, api_url: str, run_id: str) -> bool:
         print(f"{name:>13}: probability {body['probability']:.3f} (model {body['model_version']};"
               f" amount {f['amount']:.2f}, {f['count_1m']:.0f} txns in the last minute, "
               f"{f['distinct_merchants_10m']:.0f} merchants in 10 min)", flush=True)
-    return scores["card_testing"] > scores["normal"]
+    similar = _similar_cases(api_url, "fraud", cases["card_testing"].probe.model_dump())
+    return scores["card_testing"] > scores["normal"] and similar
+
+
+def _similar_cases(api_url: str, pipeline: str, event: dict) -> bool:
+    """Which labeled past events (and entities) look like ``event``: Milvus, via the API."""
+    print(f"\n-- similar past cases from Milvus (POST /v1/similar/{pipeline}) --", flush=True)
+    url = f"{api_url}/v1/similar/{pipeline}"
+    nearest = _post(url, {"event": event, "k": 10})["neighbours"]
+    if not nearest:
+        print("no labeled events in Milvus yet")
+        return False
+    positives = sum(bool(n["label"]) for n in nearest)
+    print(f"the 10 labeled payments nearest to the card-testing probe: {positives} fraud, "
+          f"{10 - positives} legitimate")
+    now = time.time()
+    for n in _post(url, {"event": event, "k": 3, "label": True})["neighbours"]:
+        print(f"  fraud {n['event_id']} of {n['entity']}, {(now - n['event_time']) / 60:.0f} "
+              f"min ago (event time), distance {n['distance']:.3f}, scored {n['score']:.3f} "
+              f"by {n['model_version']}")
+    card = nearest[0]["entity"]
+    cards = _post(url, {"entity": card, "kind": "entities", "k": 3})["neighbours"]
+    print(f"cards whose profiles are nearest to {card}'s: " + ", ".join(
+        f"{c['entity']} (fraud rate {c['label_rate']:.2f} over {c['events']} labels)"
+        for c in cards))
+    return positives > 0
 
 
 def _pricing_showcase(settings: Settings, api_url: str, run_id: str) -> bool:

@@ -1,8 +1,11 @@
 """The scoring API (``driftline serve``), an aiohttp application.
 
 ``POST /v1/score/{pipeline}`` takes one event, reads the entity's window state from
-Redis, computes the event's features with the same pure code the worker runs, and scores
+Redis, computes the event's features with the same pure code the worker runs (and the
+neighbour feature through the same :class:`~driftline.vectors.EmbeddingSpace`), and scores
 them with the in-memory model, which a background task swaps for each newer snapshot.
+``/v1/models/...`` reports and moves model versions; ``/v1/similar/...`` and
+``/v1/entities/...`` are in :mod:`serving.similar`.
 
 Every error is a JSON body ``{"error": ..., "fields": {...}}`` with a 4xx status when the
 caller is at fault; an unexpected failure is a 500 with the same shape, never HTML.
@@ -19,10 +22,21 @@ import time
 from aiohttp import web
 
 from driftline.config import Settings
-from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, connect
+from driftline.stores import (
+    EmbeddingStore,
+    FeatureStore,
+    LiveModel,
+    RedisKeys,
+    SnapshotStore,
+    connect,
+)
+from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
 from online_models import lifecycle
 from online_models.spec import predict
+from serving import similar
+from serving.errors import error
+from serving.similar import SPACES
 from streams.engine import FeatureEngine
 from streams.pipelines import PIPELINES
 from streams.schemas import InvalidRecord, parse
@@ -36,10 +50,6 @@ ENGINES = web.AppKey("engines", dict)
 REGISTRY = web.AppKey("registry", object)
 
 MAX_BODY_BYTES = 64 * 1024
-
-
-def error(status: int, message: str, fields: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message, "fields": fields or {}}, status=status)
 
 
 @web.middleware
@@ -82,10 +92,12 @@ async def score_event(request: web.Request) -> web.Response:
     snap = live.current
     if snap is None:
         return error(503, "no model published yet for this pipeline")
-    keys = RedisKeys(request.app[SETTINGS].redis_prefix, name)
     entity = pipeline.entity_of(event)
-    _, state = await FeatureStore(request.app[REDIS], keys).get(entity)
+    _, state = await FeatureStore(request.app[REDIS], _keys(request, name)).get(entity)
     features = request.app[ENGINES][name].features_for(state, event)
+    space = request.app[SPACES].get(name)
+    if space is not None:
+        await space.add_neighbour_feature(features)
     value = predict(snap.model, pipeline.task, features)
     m.PREDICTIONS.labels(name, "api").inc()
     body = {
@@ -100,6 +112,24 @@ async def score_event(request: web.Request) -> web.Response:
     if pipeline.task == "binary":
         body["probability"] = value
     return web.json_response(body)
+
+
+def _keys(request: web.Request, name: str) -> RedisKeys:
+    return RedisKeys(request.app[SETTINGS].redis_prefix, name)
+
+
+# ---- embeddings: similar cases, erasure ---------------------------------------------------
+
+async def similar_cases(request: web.Request) -> web.Response:
+    name = _pipeline_or_404(request)
+    return await similar.similar(request, PIPELINES[name], request.app[ENGINES][name],
+                                 request.app[REDIS], _keys(request, name))
+
+
+async def forget_entity(request: web.Request) -> web.Response:
+    name = _pipeline_or_404(request)
+    return await similar.forget_entity(request, PIPELINES[name], request.app[REDIS],
+                                       _keys(request, name))
 
 
 # ---- models: versions, prequential metrics, registry; admin actions ------------------------
@@ -117,9 +147,8 @@ async def model_status(request: web.Request) -> web.Response:
     """What serves, how each recent version did (prequential), and the registry."""
     name = _pipeline_or_404(request)
     live: LiveModel = request.app[MODELS][name]
-    keys = RedisKeys(request.app[SETTINGS].redis_prefix, name)
     raw = {k.decode(): v.decode()
-           for k, v in (await request.app[REDIS].hgetall(keys.learner)).items()}
+           for k, v in (await request.app[REDIS].hgetall(_keys(request, name).learner)).items()}
     learner = {k: raw[k] for k in ("version", "revision", "updates", "duplicates",
                                     "next_offset", "published_at") if k in raw}
     body = {
@@ -211,11 +240,16 @@ async def _resources(app: web.Application):
     app[REDIS] = client
     keys_of = lambda name: RedisKeys(app[SETTINGS].redis_prefix, name)  # noqa: E731
     app[MODELS] = {name: LiveModel(SnapshotStore(client, keys_of(name))) for name in PIPELINES}
+    app[SPACES] = {name: EmbeddingSpace(app[SETTINGS], spec, EmbeddingStore(client, keys_of(name)),
+                                        "api")
+                   for name, spec in PIPELINES.items() if spec.embeddings is not None}
     refresher = asyncio.create_task(_keep_models_fresh(app))
     yield
     refresher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await refresher
+    for space in app[SPACES].values():
+        await space.close()
     await client.aclose()
 
 
@@ -230,6 +264,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/models/{pipeline}/promote", promote_model)
     app.router.add_post("/v1/models/{pipeline}/rollback", rollback_model)
     app.router.add_post("/v1/models/{pipeline}/retrain", retrain_model)
+    app.router.add_post("/v1/similar/{pipeline}", similar_cases)
+    app.router.add_delete("/v1/entities/{pipeline}/{entity}", forget_entity)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 
@@ -106,6 +108,19 @@ def redis_features(settings: Settings, pipeline: str, entities) -> dict[str, dic
         out[entity] = {k.decode(): float(v) for k, v in raw.items() if not k.startswith(b"_")}
     client.close()
     return out
+
+
+def call(url: str, payload: dict | bytes | None = None, method: str | None = None
+         ) -> tuple[int, dict]:
+    """An HTTP request with a JSON (or raw) body; the status and the decoded JSON answer."""
+    data = payload if isinstance(payload, bytes | None) else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str,

@@ -15,7 +15,7 @@ from driftline.stores import RedisKeys
 from streams.catalog.fraud import FRAUD, Transaction
 from streams.engine import FeatureEngine
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig, probe_cases
-from tests.integration.conftest import read_all, redis_features, send, wait_for
+from tests.integration.conftest import call, read_all, redis_features, send, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -150,15 +150,9 @@ def test_malformed_records_are_dead_lettered_and_the_good_ones_around_them_proce
 
 
 def post(url: str, body: bytes | dict, expect: int):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            status, payload = resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        status, payload = err.code, err.read()
+    status, payload = call(url, body, method="POST")
     assert status == expect, payload
-    return json.loads(payload)
+    return payload
 
 
 def test_api_scores_card_testing_above_a_normal_purchase(settings, topics, run, api):

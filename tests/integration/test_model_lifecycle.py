@@ -10,8 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
@@ -19,20 +17,9 @@ import pytest
 from online_models.registry import Lineage, Registry
 from online_models.spec import build_model
 from streams.catalog.fraud import FRAUD
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import call, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def call(url: str, payload: dict | None = None, method: str | None = None):
-    data = json.dumps(payload).encode() if payload is not None else None
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def register(settings, bias: float) -> int:
