@@ -70,6 +70,7 @@ class EmbeddingAgent:
         self._flushed_at = time.monotonic()
         self._lock = asyncio.Lock()
         self._collections_ready = False
+        self._unsealed = 0  # rows written since the collections were last flushed
         app: faust.App = agents.app
         app.agent(agents.training_topic, name=f"{self.name}-embed")(self.embed)
         app.timer(self.s.vector_flush_seconds)(self.flush_if_due)
@@ -189,5 +190,9 @@ class EmbeddingAgent:
                 Profile.first(vectors[offset], label, t, offset) if before is None else
                 before.add(vectors[offset], label, t, offset, self.policy.profile_half_life))
         await self.vectors.upsert_profiles(changed)
+        self._unsealed += len(rows) + len(changed)
+        if self._unsealed >= self.s.vector_seal_rows:
+            await self.vectors.seal()
+            self._unsealed = 0
         m.VECTORS_WRITTEN.labels(self.name, "events").inc(len(rows))
         m.VECTORS_WRITTEN.labels(self.name, "entities").inc(len(changed))

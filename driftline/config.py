@@ -77,9 +77,15 @@ class Settings:
     # (DRIFTLINE_VECTOR_BATCH, DRIFTLINE_VECTOR_FLUSH_SECONDS).
     vector_batch: int = 500
     vector_flush_seconds: float = 2.0
+    # After this many rows written, the collections are flushed: Milvus Lite searches rows
+    # not yet flushed by brute force (its search time grew by 4 ms per 1,000 such rows
+    # here); a Milvus server seals its growing segment early (DRIFTLINE_VECTOR_SEAL_ROWS).
+    vector_seal_rows: int = 2000
     # Time budget of one neighbour-feature search; past it the feature takes its default
     # and scoring goes on (DRIFTLINE_NEIGHBOUR_TIMEOUT_SECONDS).
     neighbour_timeout_seconds: float = 0.25
+    # Any other call to Milvus fails after this long (DRIFTLINE_MILVUS_TIMEOUT_SECONDS).
+    milvus_timeout_seconds: float = 30.0
     # The retrainer's HTTP port, which serves its /metrics (DRIFTLINE_RETRAINER_PORT).
     retrainer_port: int = 6067
     # Log level of the services (DRIFTLINE_LOG_LEVEL).

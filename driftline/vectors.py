@@ -64,7 +64,8 @@ def quoted(value: str) -> str:
 
 
 def blocking_client(settings: Settings) -> MilvusClient:
-    return MilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS)
+    return MilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS,
+                        timeout=settings.milvus_timeout_seconds)
 
 
 def ensure_collections(settings: Settings, spec: PipelineSpec) -> None:
@@ -132,6 +133,7 @@ class VectorStore:
         self.policy = policy_of(spec)
         self.events, self.entities = collection_names(settings, spec.name)
         self.client = AsyncMilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS)
+        self.timeout = settings.milvus_timeout_seconds  # per call: a hung call fails
 
     async def close(self) -> None:
         await self.client.close()
@@ -141,7 +143,7 @@ class VectorStore:
     async def upsert_events(self, rows: list[dict[str, Any]]) -> None:
         """Rows with ``id``, ``vector`` and :data:`EVENT_FIELDS`."""
         if rows:
-            await self.client.upsert(self.events, rows)
+            await self.client.upsert(self.events, rows, timeout=self.timeout)
 
     async def profiles(self, entities: Iterable[str]) -> dict[str, Profile]:
         """The stored profiles of ``entities`` (read strongly: they are about to change)."""
@@ -149,7 +151,8 @@ class VectorStore:
         if not ids:
             return {}
         rows = await self.client.get(self.entities, ids=ids, consistency_level="Strong",
-                                     output_fields=["vector", *ENTITY_FIELDS])
+                                     output_fields=["vector", *ENTITY_FIELDS],
+                                     timeout=self.timeout)
         return {r["id"]: _profile(r) for r in rows}
 
     async def upsert_profiles(self, profiles: Mapping[str, Profile]) -> None:
@@ -157,23 +160,30 @@ class VectorStore:
                  "updated": p.updated, "events": p.events, "last_offset": p.last_offset}
                 for entity, p in profiles.items()]
         if rows:
-            await self.client.upsert(self.entities, rows)
+            await self.client.upsert(self.entities, rows, timeout=self.timeout)
 
     async def events_of(self, entity: str) -> list[dict[str, Any]]:
         """The entity's event rows (id and event time), read strongly."""
         return await self.client.query(self.events, filter=f"entity == {quoted(entity)}",
                                        output_fields=["id", "event_time"],
-                                       consistency_level="Strong")
+                                       consistency_level="Strong", timeout=self.timeout)
+
+    async def seal(self) -> None:
+        """Flush both collections: written rows become indexed segments (see
+        ``Settings.vector_seal_rows``)."""
+        for name in (self.events, self.entities):
+            await self.client.flush(name, timeout=self.timeout)
 
     async def forget(self, entity: str) -> dict[str, int]:
         """Delete the entity's event vectors and profile; how many of each were deleted."""
         events = await self.events_of(entity)
         if events:
-            await self.client.delete(self.events, ids=[r["id"] for r in events])
+            await self.client.delete(self.events, ids=[r["id"] for r in events],
+                                     timeout=self.timeout)
         profile = await self.client.get(self.entities, ids=[entity], output_fields=["id"],
-                                        consistency_level="Strong")
+                                        consistency_level="Strong", timeout=self.timeout)
         if profile:
-            await self.client.delete(self.entities, ids=[entity])
+            await self.client.delete(self.entities, ids=[entity], timeout=self.timeout)
         return {"events": len(events), "entities": len(profile)}
 
     # ---- reads (the API, the neighbour feature) ---------------------------------------
@@ -202,7 +212,7 @@ class VectorStore:
         hits = await self.client.search(
             collection, data=[vector], limit=k, filter=flt, output_fields=fields,
             search_params={"metric_type": self.policy.metric,
-                           "params": dict(self.policy.search_params)})
+                           "params": dict(self.policy.search_params)}, timeout=self.timeout)
         return [{"id": h["id"], "distance": float(h["distance"]), **h["entity"]}
                 for h in hits[0]]
 

@@ -23,6 +23,7 @@ from driftline.processes import api_process, worker_process
 from driftline.stack import LocalStack
 from driftline.stores import RedisKeys
 from driftline.topic_reader import read_topic
+from driftline.vectors import blocking_client
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.topics import PipelineTopics
@@ -121,6 +122,17 @@ def call(url: str, payload: dict | bytes | None = None, method: str | None = Non
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def milvus_rows(settings: Settings, collection: str, flt: str, fields: list[str]
+                ) -> list[dict]:
+    """Rows of a Milvus collection that match ``flt``, read strongly."""
+    client = blocking_client(settings)
+    try:
+        return client.query(collection, filter=flt, output_fields=fields, limit=16384,
+                            consistency_level="Strong")
+    finally:
+        client.close()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str,

@@ -10,23 +10,14 @@ import pytest
 import redis
 
 from driftline.stores import RedisKeys
-from driftline.vectors import blocking_client, collection_names, quoted
+from driftline.vectors import collection_names, quoted
 from streams.catalog.fraud import FRAUD
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
-from tests.integration.conftest import call, redis_features, send, wait_for
+from tests.integration.conftest import call, milvus_rows, redis_features, send, wait_for
 
 pytestmark = pytest.mark.integration
 
 N_EVENTS = 1500
-
-
-def rows(settings, collection: str, flt: str, fields: list[str]) -> list[dict]:
-    client = blocking_client(settings)
-    try:
-        return client.query(collection, filter=flt, output_fields=fields, limit=16384,
-                            consistency_level="Strong")
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def run(settings, topics, worker, api, worker_metrics):
 
     def embedded() -> bool:
         try:
-            return len(rows(settings, events_c, flt, ["id"])) >= len(labels)
+            return len(milvus_rows(settings, events_c, flt, ["id"])) >= len(labels)
         except Exception:  # noqa: BLE001 - the collection is made with the first batch
             return False
 
@@ -60,7 +51,8 @@ def run(settings, topics, worker, api, worker_metrics):
 
 def test_every_labeled_event_is_one_vector_with_its_label(settings, run):
     events_c, _ = run["collections"]
-    got = rows(settings, events_c, run["flt"], ["id", "label", "entity", "event_time", "vector"])
+    got = milvus_rows(settings, events_c, run["flt"],
+                      ["id", "label", "entity", "event_time", "vector"])
     assert sorted(r["id"] for r in got) == sorted(run["labels"])
     by_id = {e.event_id: e for e in run["events"]}
     for r in got:
@@ -72,7 +64,7 @@ def test_every_labeled_event_is_one_vector_with_its_label(settings, run):
 
 def test_each_card_has_one_profile_counting_each_of_its_events_once(settings, run):
     _, entities_c = run["collections"]
-    profiles = rows(settings, entities_c, f"id like {quoted(run['prefix'] + '%')}",
+    profiles = milvus_rows(settings, entities_c, f"id like {quoted(run['prefix'] + '%')}",
                     ["id", "events", "label", "updated"])
     per_card = Counter(e.card_id for e in run["events"] if e.event_id in run["labels"])
     assert {p["id"]: p["events"] for p in profiles} == dict(per_card)
@@ -85,7 +77,7 @@ def test_each_card_has_one_profile_counting_each_of_its_events_once(settings, ru
 
 def test_similar_entities_are_the_nearest_profiles_nearest_first(settings, api, run):
     _, entities_c = run["collections"]
-    everyone = rows(settings, entities_c, 'id != ""', ["id", "vector"])
+    everyone = milvus_rows(settings, entities_c, 'id != ""', ["id", "vector"])
     card = max(Counter(e.card_id for e in run["events"]).items(), key=lambda kv: kv[1])[0]
     mine = next(r["vector"] for r in everyone if r["id"] == card)
     status, body = call(f"{api}/v1/similar/fraud", {"entity": card, "kind": "entities", "k": 5})
@@ -142,7 +134,7 @@ def test_erasing_an_entity_removes_its_features_and_vectors_and_they_stay_gone(
     key = RedisKeys(settings.redis_prefix, "fraud").features(card)
     client = redis.Redis.from_url(settings.redis_url)
     assert client.exists(key)
-    n_vectors = len(rows(settings, events_c, flt, ["id"]))
+    n_vectors = len(milvus_rows(settings, events_c, flt, ["id"]))
     assert n_vectors == len(card_events)
 
     status, body = call(f"{api}/v1/entities/fraud/{card}", method="DELETE")
@@ -151,8 +143,8 @@ def test_erasing_an_entity_removes_its_features_and_vectors_and_they_stay_gone(
     until = body["erased_until"]
     assert until == max(e.ts for e in card_events)
     assert not client.exists(key)
-    assert rows(settings, events_c, flt, ["id"]) == []
-    assert rows(settings, entities_c, f"id == {quoted(card)}", ["id"]) == []
+    assert milvus_rows(settings, events_c, flt, ["id"]) == []
+    assert milvus_rows(settings, entities_c, f"id == {quoted(card)}", ["id"]) == []
 
     # An event from before the erasure is scored but not remembered; one after it starts
     # the card's history afresh.
