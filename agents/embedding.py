@@ -6,7 +6,9 @@
                             <prefix>_entities  one time-decayed profile per entity
 
 It is a second reader of the training topic, beside the learner, so a slow or absent
-Milvus delays the vectors and never the model: Kafka holds what is not written yet.
+Milvus delays the vectors and never the model: when a backlog of ten batches cannot be
+written, the agent drops it and stops applying records (Kafka keeps them); once Milvus
+answers again it resumes from its checkpoint and fetches what it skipped.
 
 Exactly once, as the learner: the checkpoint in Redis holds the offset of the next example
 to apply and is written only after the vectors before it are in Milvus. Event rows are
@@ -70,6 +72,8 @@ class EmbeddingAgent:
         self._flushed_at = time.monotonic()
         self._lock = asyncio.Lock()
         self._collections_ready = False
+        self._suspended = False  # Milvus (or Redis) down: records are left to Kafka
+        self._erasures_applied: dict[str, float] = {}
         self._unsealed = 0  # rows written since the collections were last flushed
         app: faust.App = agents.app
         app.agent(agents.training_topic, name=f"{self.name}-embed")(self.embed)
@@ -80,9 +84,9 @@ class EmbeddingAgent:
     def vectors(self) -> VectorStore:
         return VectorStore(self.s, self.spec)  # made on first use, inside the loop
 
-    @functools.cached_property
+    @property
     def store(self) -> EmbeddingStore:
-        return EmbeddingStore(self.a.redis, self.a.keys)
+        return self.a.embedding_store
 
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         if any(tp.topic == self.a.topics.training for tp in revoked):
@@ -95,16 +99,33 @@ class EmbeddingAgent:
         await self.a._consume(stream, "embed", self._embed_one)
 
     async def _embed_one(self, event: faust.EventT) -> None:
+        """Apply one training record; never blocks the stream the learner shares, and
+        never dead-letters (the learner does, once per record)."""
+        if self._suspended:
+            return  # resumed from the checkpoint, which is before this record
         async with self._lock:
-            state = await self._state()
-            await self.a.apply_in_order(state, event, functools.partial(self._apply, state),
-                                        reader="embed")
-            due = len(self.pending) >= self.s.vector_batch
-        if due:
-            # Milvus down: hold the stream here (Kafka keeps the rest) rather than grow
-            # the backlog without bound.
-            while not await self.flush() and len(self.pending) >= 10 * self.s.vector_batch:
-                await asyncio.sleep(self.s.vector_flush_seconds)
+            try:
+                state = await self._state()
+                await self.a.apply_in_order(state, event, functools.partial(self._apply, state),
+                                            reader="embed", after_chunk=self._flush_or_raise)
+                if (len(self.pending) >= self.s.vector_batch and not await self._flush_locked()
+                        and len(self.pending) >= 10 * self.s.vector_batch):
+                    self._suspend("ten batches could not be written")
+            except Exception:  # noqa: BLE001 - Redis, Kafka or Milvus down: resume later
+                log.warning("%s: embedding failed", self.name, exc_info=True)
+                self._suspend("a store did not answer")
+
+    def _suspend(self, why: str) -> None:
+        """Forget what is not written; resume from the checkpoint once Milvus answers.
+        Callers hold the lock."""
+        log.warning("%s: embedding suspended (%s); %d rows left to Kafka", self.name, why,
+                    len(self.pending))
+        self.state, self.pending, self._suspended = None, [], True
+        m.VECTOR_WRITER_SUSPENDED.labels(self.name).set(1)
+
+    async def _flush_or_raise(self) -> None:
+        if not await self._flush_locked():
+            raise RuntimeError("could not write the vectors of a fetched gap")
 
     def _apply(self, state: EmbeddingCheckpoint, value: bytes, offset: int) -> None:
         state.next_offset = offset + 1
@@ -140,38 +161,74 @@ class EmbeddingAgent:
     # ---- writing to Milvus -----------------------------------------------------------
 
     async def flush_if_due(self, *_: Any) -> None:
+        if self._suspended:
+            try:
+                await self.vectors.client.list_collections(timeout=5)
+                await self.a.redis.ping()
+            except Exception:  # noqa: BLE001 - still down
+                return
+            log.warning("%s: embedding resumed from its checkpoint", self.name)
+            self._suspended = False
+            m.VECTOR_WRITER_SUSPENDED.labels(self.name).set(0)
+            return
         if time.monotonic() - self._flushed_at >= self.s.vector_flush_seconds:
             await self.flush()
 
     async def flush(self) -> bool:
-        """Write the pending vectors and profiles, then the checkpoint; whether it worked."""
         async with self._lock:
-            state = self.state
-            self._flushed_at = time.monotonic()
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> bool:
+        """Apply new erasures, write the pending vectors and profiles, then the checkpoint;
+        whether it worked. Callers hold the lock."""
+        state = self.state
+        self._flushed_at = time.monotonic()
+        started = time.perf_counter()
+        try:
+            await self._apply_erasures()
             if state is None or (not self.pending and state.next_offset == self._saved_offset):
                 return True
-            started = time.perf_counter()
-            try:
-                if self.pending:
-                    await self._write(state.embedder, self.pending)
-                await self.store.save(state, state.embedder if state.embedder.frozen else None)
-            except Exception:  # noqa: BLE001 - Milvus or Redis is down: retry next round
-                log.warning("%s: could not write %d vectors, will retry", self.name,
-                            len(self.pending), exc_info=True)
-                m.VECTOR_BACKLOG.labels(self.name).set(len(self.pending) + len(state.warmup))
-                return False
-            self.pending = []
-            self._saved_offset = state.next_offset
-            m.VECTOR_BACKLOG.labels(self.name).set(len(state.warmup))
-            m.VECTOR_FLUSH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
-            return True
+            if self.pending:
+                await self._write(state.embedder, self.pending)
+            await self.store.save(state, state.embedder if state.embedder.frozen else None)
+        except Exception:  # noqa: BLE001 - Milvus or Redis is down: retry next round
+            log.warning("%s: could not write %d vectors, will retry", self.name,
+                        len(self.pending), exc_info=True)
+            backlog = len(self.pending) + (len(state.warmup) if state else 0)
+            m.VECTOR_BACKLOG.labels(self.name).set(backlog)
+            return False
+        self.pending = []
+        self._saved_offset = state.next_offset
+        m.VECTOR_BACKLOG.labels(self.name).set(len(state.warmup))
+        m.VECTOR_FLUSH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        return True
 
-    async def _write(self, embedder: EventEmbedder, batch: list[tuple[int, TrainingExample]]
-                     ) -> None:
+    async def _ensure_collections(self) -> None:
         if not self._collections_ready:
             await asyncio.to_thread(ensure_collections, self.s, self.spec)
             self._collections_ready = True
-        await self.a.refresh_forgotten()  # an erasure since these were applied wins
+
+    async def _apply_erasures(self) -> None:
+        """Erase, again, the vectors of entities erased since the last round: a batch this
+        agent wrote while the API erased them may have landed after the API's deletes."""
+        await self.a.refresh_forgotten()
+        new = {e: t for e, t in self.a.forgotten_entities().items()
+               if self._erasures_applied.get(e) != t}
+        if not new:
+            return
+        await self._ensure_collections()
+        for entity in new:
+            await self.vectors.forget(entity)
+        self._erasures_applied.update(new)
+        if self.state is not None:  # nor keep them, in memory or in the checkpoint
+            self.state.warmup = [(o, e) for o, e in self.state.warmup
+                                 if not self.a.forgotten(e.entity, e.event_time)]
+        self.pending = [(o, e) for o, e in self.pending
+                        if not self.a.forgotten(e.entity, e.event_time)]
+
+    async def _write(self, embedder: EventEmbedder, batch: list[tuple[int, TrainingExample]]
+                     ) -> None:
+        await self._ensure_collections()
         batch = [(o, e) for o, e in batch if not self.a.forgotten(e.entity, e.event_time)]
         rows, vectors = [], {}
         for offset, ex in batch:

@@ -24,7 +24,7 @@ import json
 import logging
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -143,7 +143,7 @@ class PipelineAgents:
         """The neighbour feature's view of Milvus, when the pipeline embeds."""
         if self.p.embeddings is None:
             return None
-        return EmbeddingSpace(self.s, self.p, EmbeddingStore(self.redis, self.keys), "worker")
+        return EmbeddingSpace(self.s, self.p, self.embedding_store, "worker")
 
     async def on_start(self) -> None:
         """Make sure a model exists before the first event is scored."""
@@ -166,11 +166,21 @@ class PipelineAgents:
             m.MODEL_SWAPS.labels(self.name, "worker").inc()
         await self.refresh_forgotten()
 
+    @functools.cached_property
+    def embedding_store(self) -> EmbeddingStore:
+        """The frozen embedder and the erasure register, in Redis."""
+        return EmbeddingStore(self.redis, self.keys)
+
     async def refresh_forgotten(self) -> None:
-        self._forgotten = await EmbeddingStore(self.redis, self.keys).forgotten()
+        self._forgotten = await self.embedding_store.forgotten()
+
+    def forgotten_entities(self) -> dict[str, float]:
+        """Erased entities as last read (every model refresh), with their erasure time."""
+        return self._forgotten
 
     def forgotten(self, entity: str, event_time: float) -> bool:
-        """Whether this event of ``entity`` is part of data erased on request."""
+        """Whether this event of ``entity`` is part of data erased on request (as of the
+        register's last reading)."""
         until = self._forgotten.get(entity)
         return until is not None and event_time <= until
 
@@ -186,8 +196,11 @@ class PipelineAgents:
         entity = self.p.entity_of(record)
         event_time = self.p.time_of(record)
         prior = self.entity_state.get(entity)
-        erased = self.forgotten(entity, event_time)
-        if erased or (prior and self.forgotten(entity, prior["newest"])):
+        # Read for every event, not from the periodic copy: one event between an erasure
+        # and the next refresh would otherwise write the erased history back.
+        until = await self.embedding_store.forgotten_until(entity)
+        erased = until is not None and event_time <= until
+        if erased or (prior and until is not None and prior["newest"] <= until):
             prior = None  # the history before the erasure is not used, nor rebuilt
         try:
             state, features = self.engine.observe(prior, record)
@@ -334,14 +347,18 @@ class PipelineAgents:
             if learner.updates - self._published_updates >= self.s.snapshot_every:
                 await self.publish()
 
+    GAP_CHUNK = 5000  # records fetched at a time when closing a gap
+
     async def apply_in_order(self, cursor: Any, event: faust.EventT,
-                             apply: Callable[[bytes, int], None], reader: str) -> None:
+                             apply: Callable[[bytes, int], None], reader: str,
+                             after_chunk: Callable[[], Awaitable[None]] | None = None) -> None:
         """Apply a training-topic record to ``cursor`` (anything with a ``next_offset``
         that ``apply`` moves on) exactly once, in offset order.
 
         A record before ``cursor.next_offset`` is in the cursor's checkpoint already and is
         skipped; a record after it means Faust committed past records the checkpoint does
-        not reflect, which are fetched and applied first.
+        not reflect (or the reader skipped them on purpose), which are fetched and applied
+        first, :attr:`GAP_CHUNK` at a time, ``after_chunk`` awaited after each.
         """
         msg = event.message
         if cursor.next_offset is None:
@@ -349,14 +366,15 @@ class PipelineAgents:
         if msg.offset < cursor.next_offset:
             m.LABELS_REPLAYED.labels(self.name, reader, "skipped").inc()
             return
-        if msg.offset > cursor.next_offset:
+        while msg.offset > cursor.next_offset:
+            end = min(msg.offset, cursor.next_offset + self.GAP_CHUNK)
             missed = await asyncio.to_thread(read_range, self.s, msg.topic, msg.partition,
-                                             cursor.next_offset, msg.offset)
-            if not missed or missed[-1].offset < msg.offset - 1:
-                # A partial read: fail this record (dead letter) rather than skip
-                # examples; the next record fetches the whole gap again.
+                                             cursor.next_offset, end)
+            if not missed or missed[-1].offset < end - 1:
+                # A partial read: fail this record rather than skip examples; the next
+                # record fetches the rest of the gap again.
                 raise RuntimeError(f"fetched training examples {cursor.next_offset}.."
-                                   f"{msg.offset - 1} only partially")
+                                   f"{end - 1} only partially")
             for rec in missed:
                 m.LABELS_REPLAYED.labels(self.name, reader, "fetched").inc()
                 try:
@@ -364,6 +382,9 @@ class PipelineAgents:
                 except InvalidRecord as exc:
                     await self.dead_letter(rec.topic, rec.partition, rec.offset, rec.key,
                                            rec.value, exc, "training", "invalid")
+            cursor.next_offset = max(cursor.next_offset, end)
+            if after_chunk is not None:
+                await after_chunk()
         apply(event.value, msg.offset)
 
     def _apply(self, learner: OnlineLearner, value: bytes, offset: int) -> None:

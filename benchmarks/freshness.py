@@ -36,7 +36,7 @@ from driftline.producer import produce
 from driftline.stack import LocalStack
 from monitoring.quantiles import histogram_quantile
 from monitoring.scrape import scrape
-from streams.generators import generate_history
+from streams.generators import pipeline_history
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 
@@ -89,7 +89,7 @@ def run(s: Settings, args: argparse.Namespace, topics: PipelineTopics) -> dict:
     reader = threading.Thread(target=baseline, daemon=True)
     reader.start()
     events = int(args.rate * args.seconds)
-    config, emissions = generate_history(args.pipeline, events, time.time(),
+    config, emissions = pipeline_history(PIPELINES[args.pipeline], events, time.time(),
                                          run_id=uuid.uuid4().hex[:8])
     speed = args.rate / config.events_per_second
     only_events = (e for e in emissions if e.kind == "event")

@@ -124,13 +124,13 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.kafka_admin import ensure_pipeline_topics
     from driftline.producer import produce
-    from streams.generators import generate_history
+    from streams.generators import pipeline_history
 
     ensure_pipeline_topics(settings, args.pipeline)
     overrides = {} if args.label_delay is None else {"label_delay": args.label_delay}
     # The stream is replayed history ending now: `rate` events per wall-clock second, while
     # event time advances at the generator's own (slower, realistic) pace.
-    config, emissions = generate_history(args.pipeline, args.events, time.time(),
+    config, emissions = pipeline_history(PIPELINES[args.pipeline], args.events, time.time(),
                                          seed=args.seed,
                                          run_id=args.run_id or uuid.uuid4().hex[:8], **overrides)
     report = produce(settings, args.pipeline, emissions,

@@ -27,7 +27,7 @@ from driftline.producer import ProduceReport, kafka_producer, produce
 from driftline.stack import LocalStack
 from driftline.stores import RedisKeys
 from monitoring.scrape import Scrape, scrape
-from streams.generators import generate_history
+from streams.generators import pipeline_history
 from streams.generators.fraud import probe_cases
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
@@ -35,7 +35,8 @@ from streams.topics import PipelineTopics
 PROGRESS_EVERY = 5.0
 # Events per wall-clock second, kept below what one worker sustains on a 2-core machine
 # (see benchmarks/freshness.py): pricing has long rides, so more labels in flight.
-DEFAULT_RATE = {"fraud": 200.0, "pricing": 100.0, "agrawal": 200.0}
+# fraud_knn waits for one Milvus search per scored event.
+DEFAULT_RATE = {"fraud": 200.0, "fraud_knn": 60.0, "pricing": 100.0, "agrawal": 200.0}
 
 
 def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
@@ -79,7 +80,7 @@ def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: 
                        metrics_url: str, api_url: str, run_id: str) -> int:
     spec = PIPELINES[pipeline]
     # Replayed history that ends now, `speed` times faster than it happened.
-    config, emissions = generate_history(pipeline, int(seconds * rate), time.time(),
+    config, emissions = pipeline_history(spec, int(seconds * rate), time.time(),
                                          run_id=run_id)
     speed = rate / config.events_per_second
     report = ProduceReport()
@@ -121,7 +122,7 @@ def _stream_and_report(settings: Settings, pipeline: str, seconds: float, rate: 
     thread.join()
     time.sleep(settings.snapshot_seconds + 1)  # the last snapshot reaches Redis and the API
 
-    showcase = SHOWCASES[pipeline](settings, api_url, run_id)
+    showcase = SHOWCASES[pipeline](settings, api_url, run_id, pipeline)
     promoted = _lifecycle_report(settings, api_url, pipeline)
     if pipeline == "agrawal":
         showcase = showcase and promoted
@@ -164,19 +165,23 @@ def _keep_labels(spec, emissions, out: list[float]):
         yield e
 
 
-def _fraud_showcase(settings: Settings, api_url: str, run_id: str) -> bool:
-    print("\n-- two cases scored through the API (POST /v1/score/fraud) --", flush=True)
+def _fraud_showcase(settings: Settings, api_url: str, run_id: str, pipeline: str) -> bool:
+    print(f"\n-- two cases scored through the API (POST /v1/score/{pipeline}) --", flush=True)
     cases = probe_cases(time.time(), run_id)
-    _send_histories(settings, "fraud", [t for c in cases.values() for t in c.history])
-    scores = {}
+    _send_histories(settings, pipeline, [t for c in cases.values() for t in c.history])
+    scores, served = {}, {}
     for name, case in cases.items():
-        body = _post(f"{api_url}/v1/score/fraud", case.probe.model_dump())
+        body = _post(f"{api_url}/v1/score/{pipeline}", case.probe.model_dump())
         scores[name] = body["probability"]
-        f = body["features"]
+        served[name] = f = body["features"]
         print(f"{name:>13}: probability {body['probability']:.3f} (model {body['model_version']};"
               f" amount {f['amount']:.2f}, {f['count_1m']:.0f} txns in the last minute, "
               f"{f['distinct_merchants_10m']:.0f} merchants in 10 min)", flush=True)
-    similar = _similar_cases(api_url, "fraud", cases["card_testing"].probe.model_dump())
+    neighbour = PIPELINES[pipeline].embeddings.neighbour_feature
+    if neighbour:
+        print(f"{'':>13}  the neighbour feature {neighbour}: card testing "
+              f"{served['card_testing'][neighbour]:.2f}, normal {served['normal'][neighbour]:.2f}")
+    similar = _similar_cases(api_url, pipeline, cases["card_testing"].probe.model_dump())
     return scores["card_testing"] > scores["normal"] and similar
 
 
@@ -204,7 +209,7 @@ def _similar_cases(api_url: str, pipeline: str, event: dict) -> bool:
     return positives > 0
 
 
-def _pricing_showcase(settings: Settings, api_url: str, run_id: str) -> bool:
+def _pricing_showcase(settings: Settings, api_url: str, run_id: str, pipeline: str) -> bool:
     print("\n-- the same 5 km ride priced through the API (POST /v1/score/pricing) --",
           flush=True)
     client = redis.Redis.from_url(settings.redis_url)
@@ -231,7 +236,7 @@ def _pricing_showcase(settings: Settings, api_url: str, run_id: str) -> bool:
     return prices["busiest zone"] > prices["quietest zone"]
 
 
-def _no_showcase(settings: Settings, api_url: str, run_id: str) -> bool:
+def _no_showcase(settings: Settings, api_url: str, run_id: str, pipeline: str) -> bool:
     return True
 
 
@@ -273,7 +278,8 @@ def _lifecycle_report(settings: Settings, api_url: str, pipeline: str) -> bool:
     return promoted
 
 
-SHOWCASES = {"fraud": _fraud_showcase, "pricing": _pricing_showcase, "agrawal": _no_showcase}
+SHOWCASES = {"fraud": _fraud_showcase, "fraud_knn": _fraud_showcase,
+             "pricing": _pricing_showcase, "agrawal": _no_showcase}
 
 
 def _processed(s: Scrape, pipeline: str) -> float:

@@ -148,9 +148,11 @@ class LocalStack:
         binary = ensure_redis_server()
         self.redis_dir.mkdir(parents=True, exist_ok=True)
         log = self.redis_dir / "redis.log"
-        # No persistence: Redis is the online store, rebuilt from Kafka's changelogs.
+        # An append-only file: the features could be rebuilt from Kafka, but the erasure
+        # register, the frozen embedder and the checkpoints are state of their own.
         cmd = [binary, "--bind", "127.0.0.1", "--port", str(self.s.redis_port),
-               "--dir", str(self.redis_dir), "--save", "", "--appendonly", "no",
+               "--dir", str(self.redis_dir), "--save", "", "--appendonly", "yes",
+               "--appendfsync", "everysec",
                "--daemonize", "no", "--protected-mode", "yes"]
         pid = self._spawn("redis", cmd, log)
         self._wait("redis", pid, self._redis_ready, timeout, log)

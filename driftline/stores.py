@@ -172,6 +172,11 @@ class EmbeddingStore:
         """Record that ``entity``'s data up to event time ``until`` is erased."""
         await self.r.hset(self.keys.forgotten, entity, repr(until))
 
+    async def forgotten_until(self, entity: str) -> float | None:
+        """The event time up to which ``entity``'s data is erased, if it was."""
+        value = await self.r.hget(self.keys.forgotten, entity)
+        return float(value) if value is not None else None
+
     async def forgotten(self) -> dict[str, float]:
         raw = await self.r.hgetall(self.keys.forgotten)
         return {k.decode(): float(v) for k, v in raw.items()}

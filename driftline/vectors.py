@@ -19,14 +19,16 @@ else uses :class:`pymilvus.AsyncMilvusClient`, inside the caller's event loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import grpc
 from pymilvus import AsyncMilvusClient, DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+from redis.exceptions import RedisError
 
 from driftline.config import Settings
 from driftline.stores import EmbeddingStore
@@ -41,7 +43,11 @@ log = logging.getLogger(__name__)
 # the next call on that channel fails. Ping only during calls, at the server's pace.
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": 0}
 
-ID_LENGTH = 128  # event ids and entity ids are at most this long (the schemas say so)
+# Event and entity ids are at most 128 characters (the schemas say so); a Milvus server
+# counts VARCHAR lengths in bytes, and a character is up to 4 bytes in UTF-8.
+ID_LENGTH = 4 * 128
+# What a store that does not answer raises: a caller's 503, not a bug's 500.
+STORE_ERRORS = (MilvusException, grpc.RpcError, RedisError, TimeoutError, OSError)
 EVENT_FIELDS = ["entity", "label", "event_time", "score", "model_version", "offset"]
 ENTITY_FIELDS = ["label", "weight", "updated", "events", "last_offset"]
 
@@ -58,14 +64,31 @@ def collection_names(settings: Settings, pipeline: str) -> tuple[str, str]:
     return f"{base}_events", f"{base}_entities"
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def quoted(value: str) -> str:
-    """A string literal for a Milvus filter expression."""
-    return json.dumps(value)
+    r"""A string literal for a Milvus filter expression. Only the escapes Milvus knows are
+    used; any other character, non-ASCII included, is passed through as it is.
+
+    >>> print(quoted('card "7" \\ café'))
+    "card \"7\" \\ café"
+    """
+    return '"' + "".join(_ESCAPES.get(c, c) for c in value) + '"'
 
 
 def blocking_client(settings: Settings) -> MilvusClient:
     return MilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS,
                         timeout=settings.milvus_timeout_seconds)
+
+
+def quoted_list(values: Iterable[str]) -> str:
+    """A list literal of strings for a Milvus ``in`` filter.
+
+    >>> print(quoted_list(["a", 'b"c']))
+    ["a", "b\\"c"]
+    """
+    return "[" + ", ".join(quoted(v) for v in values) + "]"
 
 
 def ensure_collections(settings: Settings, spec: PipelineSpec) -> None:
@@ -110,13 +133,16 @@ def _entity_fields(schema: Any) -> None:
 
 
 def drop_namespace_collections(settings: Settings) -> int:
-    """Drop every collection of ``settings.namespace`` (refuses the empty namespace)."""
+    """Drop the collections of every declared pipeline in ``settings.namespace`` (refuses
+    the empty namespace); how many there were."""
+    from streams.pipelines import PIPELINES
+
     if not settings.namespace:
         raise ValueError("refusing to drop collections without a namespace")
-    prefix = collection_prefix(settings)
     client = blocking_client(settings)
     try:
-        names = [n for n in client.list_collections() if n.startswith(prefix)]
+        existing = set(client.list_collections())
+        names = [n for p in PIPELINES for n in collection_names(settings, p) if n in existing]
         for name in names:
             client.drop_collection(name)
         return len(names)
@@ -150,9 +176,11 @@ class VectorStore:
         ids = sorted(set(entities))
         if not ids:
             return {}
-        rows = await self.client.get(self.entities, ids=ids, consistency_level="Strong",
-                                     output_fields=["vector", *ENTITY_FIELDS],
-                                     timeout=self.timeout)
+        # Not `get(ids=...)`: pymilvus writes the ids into a filter without escaping them.
+        rows = await self.client.query(self.entities, filter=f"id in {quoted_list(ids)}",
+                                       consistency_level="Strong", limit=len(ids),
+                                       output_fields=["id", "vector", *ENTITY_FIELDS],
+                                       timeout=self.timeout)
         return {r["id"]: _profile(r) for r in rows}
 
     async def upsert_profiles(self, profiles: Mapping[str, Profile]) -> None:
@@ -178,12 +206,14 @@ class VectorStore:
         """Delete the entity's event vectors and profile; how many of each were deleted."""
         events = await self.events_of(entity)
         if events:
-            await self.client.delete(self.events, ids=[r["id"] for r in events],
+            await self.client.delete(self.events, filter=f"entity == {quoted(entity)}",
                                      timeout=self.timeout)
-        profile = await self.client.get(self.entities, ids=[entity], output_fields=["id"],
-                                        consistency_level="Strong", timeout=self.timeout)
+        profile = await self.client.query(self.entities, filter=f"id == {quoted(entity)}",
+                                          output_fields=["id"], consistency_level="Strong",
+                                          timeout=self.timeout)
         if profile:
-            await self.client.delete(self.entities, ids=[entity], timeout=self.timeout)
+            await self.client.delete(self.entities, filter=f"id == {quoted(entity)}",
+                                     timeout=self.timeout)
         return {"events": len(events), "entities": len(profile)}
 
     # ---- reads (the API, the neighbour feature) ---------------------------------------
@@ -209,10 +239,13 @@ class VectorStore:
 
     async def _search(self, collection: str, vector: list[float], k: int, flt: str,
                       fields: list[str]) -> list[dict[str, Any]]:
+        params = dict(self.policy.search_params)
+        if "ef" in params:  # HNSW answers at most ef neighbours
+            params["ef"] = max(params["ef"], k)
         hits = await self.client.search(
             collection, data=[vector], limit=k, filter=flt, output_fields=fields,
-            search_params={"metric_type": self.policy.metric,
-                           "params": dict(self.policy.search_params)}, timeout=self.timeout)
+            search_params={"metric_type": self.policy.metric, "params": params},
+            timeout=self.timeout)
         return [{"id": h["id"], "distance": float(h["distance"]), **h["entity"]}
                 for h in hits[0]]
 
@@ -258,14 +291,14 @@ class EmbeddingSpace:
             return
         features[name], outcome = 0.0, "ok"
         try:
-            embedder = await asyncio.wait_for(self.embedder(), self.timeout)
-            if embedder is None:
-                outcome = "not_ready"
-            else:
-                hits = await asyncio.wait_for(
-                    self.store.search_events(embedder.vector(features), self.policy.neighbours),
-                    self.timeout)
-                features[name] = neighbour_rate([h["label"] for h in hits])
+            async with asyncio.timeout(self.timeout):  # one budget for both calls
+                embedder = await self.embedder()
+                if embedder is None:
+                    outcome = "not_ready"
+                else:
+                    hits = await self.store.search_events(embedder.vector(features),
+                                                          self.policy.neighbours)
+                    features[name] = neighbour_rate([h["label"] for h in hits])
         except TimeoutError:
             outcome = "timeout"
         except Exception:  # noqa: BLE001 - Milvus or Redis is down: score without it

@@ -113,6 +113,9 @@ VECTOR_FLUSH_SECONDS = Histogram("driftline_vector_flush_seconds",
 VECTOR_BACKLOG = Gauge("driftline_vector_backlog",
                        "Labeled events applied but not yet written to Milvus (held while the "
                        "standardizer warms up, or while Milvus does not answer)", ["pipeline"])
+VECTOR_WRITER_SUSPENDED = Gauge("driftline_vector_writer_suspended",
+                                "1 while the embedding agent leaves records to Kafka because "
+                                "Milvus or Redis does not answer", ["pipeline"])
 NEIGHBOUR_LOOKUPS = Counter("driftline_neighbour_lookups_total",
                             "Neighbour-feature searches by outcome: ok, not_ready (no frozen "
                             "standardizer yet), timeout, error (the default value was used)",

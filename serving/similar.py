@@ -5,10 +5,13 @@ one?": an event (its features computed as scoring would, then embedded as the em
 agent embeds) or a known entity (its profile vector) in; the ``k`` nearest labeled events,
 or entity profiles, out, nearest first, with their labels, distances and event times.
 
-``DELETE /v1/entities/{pipeline}/{entity}`` erases an entity: its features and window
-state in Redis, its event vectors and profile in Milvus, and records the erasure so the
-worker neither rebuilds the erased history nor writes its vectors again. (It will need
-the admin role once the API has authentication.)
+``DELETE /v1/entities/{pipeline}/{entity}`` erases an entity: it records the erasure
+first (so the worker neither rebuilds the erased history nor writes its vectors again),
+then deletes its features and window state in Redis and its event vectors and profile in
+Milvus. A batch the embedding agent was writing at that moment may land after these
+deletes; the agent erases the entity's vectors again on its next round (within
+``DRIFTLINE_VECTOR_FLUSH_SECONDS``). (It will need the admin role once the API has
+authentication.)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from aiohttp import web
 from pydantic import Field, model_validator
 
 from driftline.stores import EmbeddingStore, FeatureStore, RedisKeys
-from driftline.vectors import EmbeddingSpace
+from driftline.vectors import STORE_ERRORS, EmbeddingSpace
 from monitoring import metrics as m
 from serving.errors import error
 from streams.declarations import PipelineSpec
@@ -92,7 +95,7 @@ async def similar(request: web.Request, pipeline: PipelineSpec, engine: Any, red
             else:
                 hits = await space.store.search_events(vector, query.k, label=query.label,
                                                        exclude_entity=query.entity)
-    except Exception as exc:  # noqa: BLE001 - Milvus (or Redis) is down: not the caller's
+    except STORE_ERRORS as exc:  # Milvus (or Redis) is down: not the caller's fault
         log.warning("similar-case search failed", exc_info=True)
         return error(503, f"vector store unavailable: {exc}")
     neighbours = [_event_hit(pipeline, h) if query.kind == "events" else _entity_hit(pipeline, h)
@@ -143,7 +146,7 @@ async def forget_entity(request: web.Request, pipeline: PipelineSpec, redis: Any
             counts = await space.store.forget(entity)
             deleted["event_vectors"], deleted["entity_vectors"] = counts["events"], \
                 counts["entities"]
-    except Exception as exc:  # noqa: BLE001 - a store is down; erasing again is safe
+    except STORE_ERRORS as exc:  # a store is down; erasing again is safe
         log.warning("erasing %s/%s failed", pipeline.name, entity, exc_info=True)
         return error(503, f"store unavailable, nothing is lost by retrying: {exc}")
     m.ENTITIES_FORGOTTEN.labels(pipeline.name).inc()

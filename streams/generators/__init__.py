@@ -40,3 +40,12 @@ def generate_history(name: str, events: int, now: float,
     """
     eps = overrides.get("events_per_second", GENERATORS[name][1].events_per_second)
     return generate(name, events=events, start_time=now - events / eps, **overrides)
+
+
+def pipeline_history(spec: Any, events: int, now: float,
+                     **overrides: Any) -> tuple[Any, Iterator[Emission]]:
+    """:func:`generate_history` of the generator a pipeline declares (several pipelines
+    may share one, as ``fraud`` and ``fraud_knn`` do)."""
+    if spec.generator is None:
+        raise ValueError(f"pipeline {spec.name!r} declares no generator")
+    return generate_history(spec.generator, events, now, **overrides)

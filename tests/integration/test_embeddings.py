@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 
@@ -11,9 +12,17 @@ import redis
 
 from driftline.stores import RedisKeys
 from driftline.vectors import collection_names, quoted
-from streams.catalog.fraud import FRAUD
-from streams.generators.fraud import FraudGenerator, FraudStreamConfig
-from tests.integration.conftest import call, milvus_rows, redis_features, send, wait_for
+from streams.catalog.fraud import FRAUD, FRAUD_KNN, FraudLabel
+from streams.generators.fraud import FraudGenerator, FraudStreamConfig, probe_cases
+from streams.topics import PipelineTopics
+from tests.integration.conftest import (
+    call,
+    milvus_rows,
+    read_all,
+    redis_features,
+    send,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,10 +40,16 @@ def run(settings, topics, worker, api, worker_metrics):
         start_time=time.time() - N_EVENTS / 2.0)).emissions())
     events = [e.record for e in emissions if e.kind == "event"]
     labels = {e.record.event_id: e.record.is_fraud for e in emissions if e.kind == "label"}
-    send(settings, topics.events, [(e.key, e.record.to_json()) for e in emissions
-                                   if e.kind == "event"])
-    send(settings, topics.labels, [(e.key, e.record.to_json()) for e in emissions
-                                   if e.kind == "label"])
+    # A card whose id needs quoting in Milvus filters, and is not ASCII.
+    odd = f'{prefix}-odd "card" \\ café'
+    extra = [e.model_copy(update={"card_id": odd, "event_id": f"{e.event_id}-odd"})
+             for e in events[:3]]
+    events += extra
+    labels.update({e.event_id: False for e in extra})
+    send(settings, topics.events, [(e.card_id, e.to_json()) for e in events])
+    send(settings, topics.labels, [
+        (e.event_id, FraudLabel(event_id=e.event_id, is_fraud=labels[e.event_id],
+                                ts=e.ts + 600).to_json()) for e in events])
     events_c, entities_c = collection_names(settings, "fraud")
     flt = f"entity like {quoted(prefix + '%')}"
 
@@ -45,6 +60,12 @@ def run(settings, topics, worker, api, worker_metrics):
             return False
 
     wait_for(embedded, 240, f"{len(labels)} event vectors in Milvus", interval=2)
+
+    def profiled() -> bool:  # profiles are written after the events of a batch
+        rows = milvus_rows(settings, entities_c, f"id like {quoted(prefix + '%')}", ["events"])
+        return sum(r["events"] for r in rows) >= len(labels)
+
+    wait_for(profiled, 60, "every labeled event in a profile", interval=1)
     return {"prefix": prefix, "events": events, "labels": labels, "flt": flt,
             "collections": (events_c, entities_c)}
 
@@ -146,17 +167,84 @@ def test_erasing_an_entity_removes_its_features_and_vectors_and_they_stay_gone(
     assert milvus_rows(settings, events_c, flt, ["id"]) == []
     assert milvus_rows(settings, entities_c, f"id == {quoted(card)}", ["id"]) == []
 
-    # An event from before the erasure is scored but not remembered; one after it starts
-    # the card's history afresh.
+    # An event from before the erasure is scored but not remembered.
     old = card_events[-1].model_copy(update={"event_id": f"{card}-old", "ts": until - 10.0})
     new = card_events[-1].model_copy(update={"event_id": f"{card}-new", "ts": until + 20.0})
-    time.sleep(1.0)  # the worker reads the erasure register every model refresh
-    send(settings, topics.events, [(card, old.to_json()), (card, new.to_json())])
+    send(settings, topics.events, [(card, old.to_json())])
+    wait_for(lambda: any(p["event_id"] == old.event_id
+                         for p in read_all(settings, topics.predictions)), 60,
+             "the old event's prediction")
+    assert not client.exists(key)
+    # One after it starts the card's history afresh.
+    send(settings, topics.events, [(card, new.to_json())])
     wait_for(lambda: client.exists(key), 60, "the new event's features")
     features = redis_features(settings, "fraud", [card])[card]
     assert features["count_1h"] == 1.0 and features["new_merchant"] == 1.0
-    # Erasing again is harmless; an unknown entity erases nothing.
-    status, body = call(f"{api}/v1/entities/fraud/never-seen-card", method="DELETE")
-    assert status == 200 and body["deleted"] == {"features": 0, "event_vectors": 0,
-                                                 "entity_vectors": 0}
+    # Labeled, the new event becomes a vector, the old one does not.
+    send(settings, topics.labels, [
+        (e.event_id, FraudLabel(event_id=e.event_id, is_fraud=False, ts=e.ts + 1).to_json())
+        for e in (old, new)])
+    wait_for(lambda: milvus_rows(settings, events_c, flt, ["id"]) != [], 60,
+             "the new event's vector")
+    time.sleep(2 * settings.vector_flush_seconds + 1)  # the old one would be there by now
+    assert [r["id"] for r in milvus_rows(settings, events_c, flt, ["id"])] == [new.event_id]
+    # Erasing again erases what came since.
+    status, body = call(f"{api}/v1/entities/fraud/{card}", method="DELETE")
+    assert status == 200, body
+    assert body["deleted"] == {"features": 1, "event_vectors": 1, "entity_vectors": 1}
+    assert body["erased_until"] == new.ts
+    # Any id is quoted safely; an unknown entity erases nothing.
+    for odd in ("never-seen-card", 'carte "café" \\ 😀'):
+        status, body = call(f"{api}/v1/entities/fraud/{urllib.parse.quote(odd, safe='')}",
+                            method="DELETE")
+        assert status == 200, body
+        assert body["entity"] == odd
+        assert body["deleted"] == {"features": 0, "event_vectors": 0, "entity_vectors": 0}
     client.close()
+
+
+def test_fraud_knn_scores_each_event_with_the_fraud_rate_of_its_neighbours(
+        settings, api, worker_metrics):
+    """Through the worker and the API: once the embeddings are warm, every scored event
+    carries the neighbour feature, and card testing has more fraud among its neighbours
+    than a normal purchase."""
+    topics = PipelineTopics.for_spec(FRAUD_KNN, settings.namespace)
+    run_id = uuid.uuid4().hex[:8]
+    n = 1400
+    emissions = list(FraudGenerator(FraudStreamConfig(
+        events=n, seed=8, run_id=run_id, card_prefix=f"knn-{run_id}", cards=150,
+        label_delay=5.0, start_time=time.time() - n / 2.0)).emissions())
+    send(settings, topics.events, [(e.key, e.record.to_json()) for e in emissions
+                                   if e.kind == "event"])
+    send(settings, topics.labels, [(e.key, e.record.to_json()) for e in emissions
+                                   if e.kind == "label"])
+    r = redis.Redis.from_url(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix, "fraud_knn")
+    wait_for(lambda: r.hexists(keys.embedding, "embedder"), 240, "a frozen embedder")
+
+    def lookups(outcome: str) -> float:
+        return worker_metrics().value("driftline_neighbour_lookups_total", pipeline="fraud_knn",
+                                      process="worker", outcome=outcome)
+
+    # Scored before the embedder existed: the default, counted as such.
+    assert lookups("not_ready") > 0
+    ok_before = lookups("ok")
+    cases = probe_cases(time.time(), run_id)
+    send(settings, topics.events,
+         [(t.card_id, t.to_json()) for c in cases.values() for t in c.history])
+    burst = cases["card_testing"].history
+    wait_for(lambda: r.hget(keys.features(burst[0].card_id), "count_1m") == b"8.0", 60,
+             "the burst's features in Redis")
+    wait_for(lambda: r.exists(keys.features(cases["normal"].probe.card_id)), 60,
+             "the normal card's features in Redis")
+    history = sum(len(c.history) for c in cases.values())
+    assert lookups("ok") >= ok_before + history  # the worker searched for each of them
+    stored = float(r.hget(keys.features(burst[0].card_id), "fraud_rate_knn"))
+    assert 0.0 <= stored <= 1.0
+    scores = {}
+    for name, case in cases.items():
+        status, body = call(f"{api}/v1/score/fraud_knn", case.probe.model_dump())
+        assert status == 200, body
+        scores[name] = body["features"]["fraud_rate_knn"]
+    assert scores["card_testing"] > scores["normal"]
+    r.close()

@@ -71,7 +71,14 @@ def test_a_killed_worker_learns_and_embeds_every_label_exactly_once(own_settings
     wait_for(lambda: scrape(learned_url).value("driftline_labels_learned_total",
                                                pipeline="fraud") >= N * 0.5,
              180, "half of the labels learned")
+    # The embedding agent past its warm-up, some vectors written, not all.
+    wait_for(lambda: scrape(learned_url).value("driftline_vectors_written_total",
+                                               pipeline="fraud", kind="events") > 0,
+             120, "the first vectors written")
+    written = scrape(learned_url).value("driftline_vectors_written_total", pipeline="fraud",
+                                        kind="events")
     first.kill()  # between two checkpoints, with Faust's commits anywhere
+    assert 0 < written < N
 
     second = worker_process(s, logs / "learner").start()
     try:
