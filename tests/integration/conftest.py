@@ -5,7 +5,6 @@ test run shares nothing with a demo or another run on the same stack."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -20,19 +19,13 @@ from driftline.config import Settings
 from driftline.kafka_admin import ensure_pipeline_topics
 from driftline.namespaces import scratch_namespace
 from driftline.processes import api_process, worker_process
-from driftline.stack import LocalStack
+from driftline.stack import LocalStack, free_port
 from driftline.stores import RedisKeys
 from driftline.topic_reader import read_topic
 from driftline.vectors import blocking_client
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.topics import PipelineTopics
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
