@@ -131,10 +131,14 @@ class LocalStack:
     def _milvus_ready(self) -> bool:
         if not _port_open(self.s.milvus_port):
             return False
-        from pymilvus import MilvusClient
+        from driftline.vectors import blocking_client
 
         try:
-            MilvusClient(self.s.milvus_uri, timeout=3).list_collections()
+            client = blocking_client(self.s.with_overrides(milvus_timeout_seconds=3.0))
+            try:
+                client.list_collections()
+            finally:
+                client.close()
             return True
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
             return False

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 # pymilvus pings every 10 s even when idle; a gRPC server with default settings (Milvus
 # Lite's) tolerates a ping every 5 minutes only and answers GOAWAY "too_many_pings", and
-# the next call on that channel fails. Ping only during calls, at the server's pace.
+# the next call on that channel fails. Ping only during calls, at the server's pace. Every
+# Milvus client of Driftline is made here, with these options.
 GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": 0}
 
 # Event and entity ids are at most 128 characters (the schemas say so); a Milvus server
@@ -78,7 +79,10 @@ def quoted(value: str) -> str:
 
 
 def blocking_client(settings: Settings) -> MilvusClient:
-    return MilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS,
+    """A client with a connection of its own (``dedicated``): pymilvus otherwise shares one
+    connection per address, with the options of whoever opened it first, and never closes
+    it. Close it after use."""
+    return MilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS, dedicated=True,
                         timeout=settings.milvus_timeout_seconds)
 
 
@@ -158,7 +162,8 @@ class VectorStore:
         self.spec = spec
         self.policy = policy_of(spec)
         self.events, self.entities = collection_names(settings, spec.name)
-        self.client = AsyncMilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS)
+        self.client = AsyncMilvusClient(uri=settings.milvus_uri, grpc_options=GRPC_OPTIONS,
+                                        dedicated=True)
         self.timeout = settings.milvus_timeout_seconds  # per call: a hung call fails
 
     async def close(self) -> None:

@@ -5,14 +5,15 @@ opener only."""
 from __future__ import annotations
 
 import pytest
-from pymilvus import MilvusClient
+
+from driftline.vectors import blocking_client
 
 pytestmark = pytest.mark.integration
 
 
 def test_two_clients_share_the_stacks_milvus_by_uri(settings):
     collection = f"{settings.namespace.replace('-', '_')}_stack_check"
-    writer, reader = MilvusClient(settings.milvus_uri), MilvusClient(settings.milvus_uri)
+    writer, reader = blocking_client(settings), blocking_client(settings)
     try:
         writer.create_collection(collection, dimension=3, metric_type="L2")
         writer.insert(collection, [{"id": i, "vector": [float(i), 0.0, 0.0]}
@@ -24,3 +25,5 @@ def test_two_clients_share_the_stacks_milvus_by_uri(settings):
         assert [h["id"] for h in hits] == [5, 3]
     finally:
         writer.drop_collection(collection)
+        writer.close()
+        reader.close()
