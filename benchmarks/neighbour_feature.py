@@ -18,7 +18,9 @@ agent writes them. Three scorers see the same events:
 * ``knn_alone``: the neighbour feature itself as the score.
 
 Prints and writes ``benchmarks/results/neighbour-feature-<seed>.json``: ROC AUC and log
-loss over every label after the warm-up, and over the last half of the stream.
+loss over the events scored once there were labeled neighbours, and over those of the
+second half of the stream. As in the worker, an event scored before that gets no
+neighbour feature at all (a missing feature, not a zero).
 """
 
 from __future__ import annotations
@@ -73,30 +75,34 @@ async def run(settings: Settings, events: int, seed: int, k: int, batch: int) ->
             except (LateEvent, DuplicateEvent):
                 continue
             seen_events += 1
-            knn, log_odds = 0.0, 0.0
+            # As the worker does: no neighbour feature until there are neighbours.
+            hits = []
             if embedder.frozen:
                 started = time.perf_counter()
                 hits = await store.search_events(embedder.vector(x), k)
                 search_seconds.append(time.perf_counter() - started)
+            inputs = {"without": x, "with": dict(x), "with_log_odds": dict(x)}
+            knn = 0.0
+            if hits:
                 knn = neighbour_rate([h["label"] for h in hits])
                 pos = sum(h["label"] for h in hits)
-                log_odds = math.log((pos + 0.5) / (len(hits) - pos + 0.5))
-            inputs = {"without": x, "with": {**x, NEIGHBOUR: knn},
-                      "with_log_odds": {**x, NEIGHBOUR: log_odds}}
+                inputs["with"][NEIGHBOUR] = knn
+                inputs["with_log_odds"][NEIGHBOUR] = math.log((pos + 0.5)
+                                                              / (len(hits) - pos + 0.5))
             scores = {name: predict(model, "binary", inputs[name])
                       for name, model in models.items()}
             served[rec.event_id] = (inputs, {**scores, "knn_alone": knn},
-                                    seen_events > events // 2)
+                                    seen_events > events // 2, bool(hits))
             continue
         item = served.pop(e.record.event_id, None)
         if item is None:
             continue
-        inputs, scores, second_half = item
+        inputs, scores, second_half, had_neighbours = item
         x = inputs["without"]
         y = bool(e.record.is_fraud)
         labels += 1
         positives += y
-        if embedder.frozen:  # scored after the warm-up: comparable
+        if had_neighbours:  # scored after the warm-up: the scorers are comparable
             for name in SCORERS:
                 evaluation.update(metrics[name], "binary", y, scores[name])
                 if second_half:

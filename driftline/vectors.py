@@ -288,13 +288,16 @@ class EmbeddingSpace:
         return self._embedder
 
     async def add_neighbour_feature(self, features: dict[str, float]) -> None:
-        """Set the declared neighbour feature in ``features`` (when one is declared): the
-        mean label of the k nearest labeled events, or 0.0 when they cannot be had within
-        the time budget. Scoring never fails for it."""
+        """Add the declared neighbour feature to ``features`` (when one is declared): the
+        mean label of the k nearest labeled events. When it cannot be had (no frozen
+        embedder yet, no labeled neighbours, Milvus past the time budget) it is left out
+        rather than made up: River's scalers and linear models skip a missing feature,
+        while a constant stand-in followed by real values gave the scaler a near-zero
+        variance and the model huge updates. Scoring never fails for it."""
         name = self.policy.neighbour_feature
         if name is None:
             return
-        features[name], outcome = 0.0, "ok"
+        outcome = "ok"
         try:
             async with asyncio.timeout(self.timeout):  # one budget for both calls
                 embedder = await self.embedder()
@@ -303,7 +306,10 @@ class EmbeddingSpace:
                 else:
                     hits = await self.store.search_events(embedder.vector(features),
                                                           self.policy.neighbours)
-                    features[name] = neighbour_rate([h["label"] for h in hits])
+                    if hits:
+                        features[name] = neighbour_rate([h["label"] for h in hits])
+                    else:
+                        outcome = "not_ready"
         except TimeoutError:
             outcome = "timeout"
         except Exception:  # noqa: BLE001 - Milvus or Redis is down: score without it

@@ -118,7 +118,8 @@ VECTOR_WRITER_SUSPENDED = Gauge("driftline_vector_writer_suspended",
                                 "Milvus or Redis does not answer", ["pipeline"])
 NEIGHBOUR_LOOKUPS = Counter("driftline_neighbour_lookups_total",
                             "Neighbour-feature searches by outcome: ok, not_ready (no frozen "
-                            "standardizer yet), timeout, error (the default value was used)",
+                            "standardizer or no labeled neighbours yet), timeout, error (the "
+                            "last three leave the feature out)",
                             ["pipeline", "process", "outcome"])
 ENTITIES_FORGOTTEN = Counter("driftline_entities_forgotten_total",
                              "Entities erased on request (features and vectors)", ["pipeline"])
