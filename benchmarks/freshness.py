@@ -12,8 +12,14 @@ events:
   confluent-kafka consumer running in the same command.
 
 The ratio freshness / baseline is the cost of Driftline's processing over Kafka itself,
-which holds better than absolute figures on a noisy 2-core machine. Results are printed
-and written to ``benchmarks/results/freshness-<pipeline>-<rate>.json``.
+which holds better than absolute figures on a noisy 2-core machine.
+
+``--warm-labels N`` first replays N earlier events *with* their labels, unpaced, and waits
+until they are learned and (for a pipeline that embeds) the embedder is frozen, so that
+the measured events meet a trained pipeline: with ``fraud_knn`` each of them then waits
+for its neighbour search. Compare ``fraud`` and ``fraud_knn`` with the same arguments.
+
+Results are printed and written to ``benchmarks/results/freshness-<pipeline>-<rate>.json``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ def main() -> None:
     parser.add_argument("--pipeline", default="fraud", choices=sorted(PIPELINES))
     parser.add_argument("--rate", type=float, default=500.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--warm-labels", type=int, default=0,
+                        help="labeled events replayed before the measurement")
     args = parser.parse_args()
 
     base = Settings.from_env()
@@ -65,7 +73,8 @@ def main() -> None:
         finally:
             worker.stop()
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"freshness-{args.pipeline}-{args.rate:.0f}.json"
+    warm = f"-warm{args.warm_labels}" if args.warm_labels else ""
+    out = RESULTS / f"freshness-{args.pipeline}-{args.rate:.0f}{warm}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {out}")
 
@@ -89,11 +98,18 @@ def run(s: Settings, args: argparse.Namespace, topics: PipelineTopics) -> dict:
     reader = threading.Thread(target=baseline, daemon=True)
     reader.start()
     events = int(args.rate * args.seconds)
-    config, emissions = pipeline_history(PIPELINES[args.pipeline], events, time.time(),
+    spec = PIPELINES[args.pipeline]
+    config, emissions = pipeline_history(spec, events, time.time(),
                                          run_id=uuid.uuid4().hex[:8])
     speed = args.rate / config.events_per_second
-    only_events = (e for e in emissions if e.kind == "event")
     metrics_url = f"http://127.0.0.1:{s.worker_port}/metrics"
+    if args.warm_labels:
+        # History that ends where the measured stream starts (no event is late).
+        _, history = pipeline_history(spec, args.warm_labels,
+                                      config.start_time - 1.0, run_id=uuid.uuid4().hex[:8])
+        produce(s, args.pipeline, history, speed=None)
+        warm_up_learning(s, metrics_url, args.pipeline, int(0.9 * args.warm_labels))
+    only_events = (e for e in emissions if e.kind == "event")
     # Warm up first (the producer's id, the consumers' first fetches): 3 s of the stream,
     # then measure from a clean baseline.
     warm = int(3 * args.rate)
@@ -123,12 +139,37 @@ def run(s: Settings, args: argparse.Namespace, topics: PipelineTopics) -> dict:
         "kafka_baseline_p99_ms": round(1000 * base[0.99], 2),
         "ratio_p50": round(fresh[0.5] / base[0.5], 2),
         "ratio_p99": round(fresh[0.99] / base[0.99], 2),
+        "warm_labels": args.warm_labels,
+        "neighbour_searches": m.value("driftline_neighbour_lookups_total",
+                                      pipeline=args.pipeline, outcome="ok")
+        - before.value("driftline_neighbour_lookups_total", pipeline=args.pipeline,
+                       outcome="ok"),
         "measured": "freshness: worker histogram (bucket-interpolated); baseline: bare "
                     "consumer in the same run; both from the producer's Kafka timestamp",
     }
     for k, v in result.items():
         print(f"{k:>24}: {v}")
     return result
+
+
+def warm_up_learning(s: Settings, metrics_url: str, pipeline: str, labels: int,
+                     timeout: float = 300.0) -> None:
+    """Wait until ``labels`` are learned and, if the pipeline embeds, its embedder is
+    published."""
+    import redis
+
+    from driftline.stores import RedisKeys
+
+    client = redis.Redis.from_url(s.redis_url)
+    key = RedisKeys(s.redis_prefix, pipeline).embedding
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        learned = scrape(metrics_url).value("driftline_labels_learned_total", pipeline=pipeline)
+        if learned >= labels and (PIPELINES[pipeline].embeddings is None
+                                  or client.hexists(key, "embedder")):
+            break
+        time.sleep(1)
+    client.close()
 
 
 def wait_processed(metrics_url: str, pipeline: str, n: int, timeout: float = 120.0):
