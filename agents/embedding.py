@@ -7,8 +7,8 @@
 
 It is a second reader of the training topic, beside the learner, so a slow or absent
 Milvus delays the vectors and never the model: when a backlog of ten batches cannot be
-written, the agent drops it and stops applying records (Kafka keeps them); once Milvus
-answers again it resumes from its checkpoint and fetches what it skipped.
+written, the agent drops it and only notes the records that come (Kafka keeps them); once
+Milvus answers again its timer catches up from the checkpoint, a chunk per round.
 
 Exactly once, as the learner: the checkpoint in Redis holds the offset of the next example
 to apply and is written only after the vectors before it are in Milvus. Event rows are
@@ -53,12 +53,20 @@ class EmbeddingCheckpoint:
     warmup: list[tuple[int, TrainingExample]] = field(default_factory=list)
     # Recent event ids: the join may emit an example twice, a profile counts it once.
     seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    # Erasures applied to the collections: entity -> erased up to this event time.
+    erasures: dict[str, float] = field(default_factory=dict)
 
     DEDUPE_WINDOW = 5000
 
 
 class EmbeddingAgent:
-    """Registers the embed agent and its flush timer for ``agents``' pipeline."""
+    """Registers the embed agent and its flush timer for ``agents``' pipeline.
+
+    Three modes: ``live`` applies records as they come; ``catching_up`` closes a long gap
+    from the checkpoint (after a restart far behind, or an outage), a chunk per timer
+    round, while the stream's records are only noted; ``suspended`` waits for Milvus
+    and Redis to answer. The stream, which the learner shares, never waits for Milvus.
+    """
 
     def __init__(self, agents: PipelineAgents) -> None:
         self.a = agents
@@ -72,8 +80,8 @@ class EmbeddingAgent:
         self._flushed_at = time.monotonic()
         self._lock = asyncio.Lock()
         self._collections_ready = False
-        self._suspended = False  # Milvus (or Redis) down: records are left to Kafka
-        self._erasures_applied: dict[str, float] = {}
+        self._mode = "live"
+        self._latest: int | None = None  # the newest record noted while not live
         self._unsealed = 0  # rows written since the collections were last flushed
         app: faust.App = agents.app
         app.agent(agents.training_topic, name=f"{self.name}-embed")(self.embed)
@@ -91,7 +99,14 @@ class EmbeddingAgent:
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         if any(tp.topic == self.a.topics.training for tp in revoked):
             async with self._lock:  # resume from the checkpoint if it comes back
-                self.state, self.pending = None, []
+                self.state, self.pending, self._latest = None, [], None
+                self._set_mode("live")
+
+    def _set_mode(self, mode: str) -> None:
+        if mode != self._mode:
+            log.warning("%s: embedding %s", self.name, mode.replace("_", " "))
+        self._mode = mode
+        m.VECTOR_WRITER_SUSPENDED.labels(self.name).set(int(mode == "suspended"))
 
     # ---- applying examples ----------------------------------------------------------
 
@@ -99,33 +114,59 @@ class EmbeddingAgent:
         await self.a._consume(stream, "embed", self._embed_one)
 
     async def _embed_one(self, event: faust.EventT) -> None:
-        """Apply one training record; never blocks the stream the learner shares, and
+        """Apply one training record; never holds up the stream the learner shares, and
         never dead-letters (the learner does, once per record)."""
-        if self._suspended:
-            return  # resumed from the checkpoint, which is before this record
+        offset = event.message.offset
+        if self._mode != "live":
+            self._latest = max(offset, self._latest if self._latest is not None else -1)
+            return  # the timer reaches it from the checkpoint
         async with self._lock:
             try:
-                state = await self._state()
+                state = await self._state(first_offset=offset)
+                if state.next_offset is not None \
+                        and offset - state.next_offset > self.a.GAP_CHUNK:
+                    self._latest = offset  # a long gap: closed by the timer, chunk by chunk
+                    self._set_mode("catching_up")
+                    return
                 await self.a.apply_in_order(state, event, functools.partial(self._apply, state),
-                                            reader="embed", after_chunk=self._flush_or_raise)
+                                            reader="embed")
                 if (len(self.pending) >= self.s.vector_batch and not await self._flush_locked()
                         and len(self.pending) >= 10 * self.s.vector_batch):
-                    self._suspend("ten batches could not be written")
+                    self._suspend("ten batches could not be written", offset)
             except Exception:  # noqa: BLE001 - Redis, Kafka or Milvus down: resume later
                 log.warning("%s: embedding failed", self.name, exc_info=True)
-                self._suspend("a store did not answer")
+                self._suspend("a store did not answer", offset)
 
-    def _suspend(self, why: str) -> None:
-        """Forget what is not written; resume from the checkpoint once Milvus answers.
-        Callers hold the lock."""
-        log.warning("%s: embedding suspended (%s); %d rows left to Kafka", self.name, why,
-                    len(self.pending))
-        self.state, self.pending, self._suspended = None, [], True
-        m.VECTOR_WRITER_SUSPENDED.labels(self.name).set(1)
+    def _suspend(self, why: str, offset: int) -> None:
+        """Forget what is not written; resume from the checkpoint once Milvus and Redis
+        answer. Callers hold the lock."""
+        log.warning("%s: %s; %d rows left to Kafka", self.name, why, len(self.pending))
+        self.state, self.pending = None, []
+        self._latest = max(offset, self._latest if self._latest is not None else -1)
+        self._set_mode("suspended")
 
-    async def _flush_or_raise(self) -> None:
-        if not await self._flush_locked():
-            raise RuntimeError("could not write the vectors of a fetched gap")
+    async def _catch_up(self) -> None:
+        """One chunk of the gap between the checkpoint and the newest record noted."""
+        async with self._lock:
+            try:
+                if self.state is None and await self.store.checkpoint() is None:
+                    self._set_mode("live")  # nothing to catch up from: the next record starts
+                    return
+                state = await self._state(first_offset=None)
+                if state.next_offset is None or self._latest is None \
+                        or state.next_offset > self._latest:
+                    self._set_mode("live")
+                    return
+                end = min(self._latest + 1, state.next_offset + self.a.GAP_CHUNK)
+                for rec in await self.a.fetch_training(state, end, reader="embed"):
+                    self._apply(state, rec.value, rec.offset)
+                if not await self._flush_locked():
+                    self._suspend("could not write a caught-up chunk", self._latest)
+                elif state.next_offset > self._latest:
+                    self._set_mode("live")
+            except Exception:  # noqa: BLE001 - a store is down again
+                log.warning("%s: catching up failed", self.name, exc_info=True)
+                self._suspend("a store did not answer", self._latest or 0)
 
     def _apply(self, state: EmbeddingCheckpoint, value: bytes, offset: int) -> None:
         state.next_offset = offset + 1
@@ -149,29 +190,34 @@ class EmbeddingAgent:
             log.info("%s: embedding standardizer frozen after %d labeled events", self.name,
                      state.embedder.rows)
 
-    async def _state(self) -> EmbeddingCheckpoint:
+    async def _state(self, first_offset: int | None) -> EmbeddingCheckpoint:
+        """The agent's state, from its checkpoint; without one, a new state starting at
+        ``first_offset``, saved at once, so that a suspension before the first written
+        batch resumes from there rather than from wherever the consumer is then."""
         if self.state is None:
             state = await self.store.checkpoint()
-            self.state = state or EmbeddingCheckpoint(EventEmbedder(self.spec))
-            self._saved_offset = self.state.next_offset
+            if state is None:
+                state = EmbeddingCheckpoint(EventEmbedder(self.spec), next_offset=first_offset)
+                await self.store.save(state, None)
+            self.state = state
+            self._saved_offset = state.next_offset
             log.info("%s: embedding agent at offset %s (%d warm-up rows)", self.name,
-                     self.state.next_offset, len(self.state.warmup))
+                     state.next_offset, len(state.warmup))
         return self.state
 
     # ---- writing to Milvus -----------------------------------------------------------
 
     async def flush_if_due(self, *_: Any) -> None:
-        if self._suspended:
+        if self._mode == "suspended":
             try:
                 await self.vectors.client.list_collections(timeout=5)
                 await self.a.redis.ping()
             except Exception:  # noqa: BLE001 - still down
                 return
-            log.warning("%s: embedding resumed from its checkpoint", self.name)
-            self._suspended = False
-            m.VECTOR_WRITER_SUSPENDED.labels(self.name).set(0)
-            return
-        if time.monotonic() - self._flushed_at >= self.s.vector_flush_seconds:
+            self._set_mode("catching_up")
+        if self._mode == "catching_up":
+            await self._catch_up()
+        elif time.monotonic() - self._flushed_at >= self.s.vector_flush_seconds:
             await self.flush()
 
     async def flush(self) -> bool:
@@ -209,22 +255,28 @@ class EmbeddingAgent:
             self._collections_ready = True
 
     async def _apply_erasures(self) -> None:
-        """Erase, again, the vectors of entities erased since the last round: a batch this
-        agent wrote while the API erased them may have landed after the API's deletes."""
+        """Erase, again, the vectors of entities erased since the last round (up to their
+        erasure time): a batch this agent wrote while the API erased them may have landed
+        after the API's deletes. What was applied is in the checkpoint, so a restart does
+        not erase again, and never touches an entity's later vectors."""
+        state = self.state
+        if state is None:
+            return
         await self.a.refresh_forgotten()
         new = {e: t for e, t in self.a.forgotten_entities().items()
-               if self._erasures_applied.get(e) != t}
+               if state.erasures.get(e) != t}
         if not new:
             return
         await self._ensure_collections()
-        for entity in new:
-            await self.vectors.forget(entity)
-        self._erasures_applied.update(new)
-        if self.state is not None:  # nor keep them, in memory or in the checkpoint
-            self.state.warmup = [(o, e) for o, e in self.state.warmup
-                                 if not self.a.forgotten(e.entity, e.event_time)]
+        for entity, until in new.items():
+            await self.vectors.forget(entity, until)
+        state.erasures.update(new)
+        # Nor keep their rows, in memory or in the checkpoint.
+        state.warmup = [(o, e) for o, e in state.warmup
+                        if not self.a.forgotten(e.entity, e.event_time)]
         self.pending = [(o, e) for o, e in self.pending
                         if not self.a.forgotten(e.entity, e.event_time)]
+        self._saved_offset = None  # the checkpoint changed: write it
 
     async def _write(self, embedder: EventEmbedder, batch: list[tuple[int, TrainingExample]]
                      ) -> None:

@@ -24,7 +24,7 @@ import json
 import logging
 import pickle
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -39,7 +39,7 @@ from driftline.stores import (
     SnapshotStore,
     connect,
 )
-from driftline.topic_reader import read_range
+from driftline.topic_reader import low_watermark, read_range
 from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
 from online_models import evaluation
@@ -350,15 +350,13 @@ class PipelineAgents:
     GAP_CHUNK = 5000  # records fetched at a time when closing a gap
 
     async def apply_in_order(self, cursor: Any, event: faust.EventT,
-                             apply: Callable[[bytes, int], None], reader: str,
-                             after_chunk: Callable[[], Awaitable[None]] | None = None) -> None:
+                             apply: Callable[[bytes, int], None], reader: str) -> None:
         """Apply a training-topic record to ``cursor`` (anything with a ``next_offset``
         that ``apply`` moves on) exactly once, in offset order.
 
         A record before ``cursor.next_offset`` is in the cursor's checkpoint already and is
         skipped; a record after it means Faust committed past records the checkpoint does
-        not reflect (or the reader skipped them on purpose), which are fetched and applied
-        first, :attr:`GAP_CHUNK` at a time, ``after_chunk`` awaited after each.
+        not reflect, which are fetched (:meth:`fetch_training`) and applied first.
         """
         msg = event.message
         if cursor.next_offset is None:
@@ -368,24 +366,39 @@ class PipelineAgents:
             return
         while msg.offset > cursor.next_offset:
             end = min(msg.offset, cursor.next_offset + self.GAP_CHUNK)
-            missed = await asyncio.to_thread(read_range, self.s, msg.topic, msg.partition,
-                                             cursor.next_offset, end)
-            if not missed or missed[-1].offset < end - 1:
-                # A partial read: fail this record rather than skip examples; the next
-                # record fetches the rest of the gap again.
-                raise RuntimeError(f"fetched training examples {cursor.next_offset}.."
-                                   f"{end - 1} only partially")
-            for rec in missed:
-                m.LABELS_REPLAYED.labels(self.name, reader, "fetched").inc()
+            for rec in await self.fetch_training(cursor, end, reader):
                 try:
                     apply(rec.value, rec.offset)
                 except InvalidRecord as exc:
                     await self.dead_letter(rec.topic, rec.partition, rec.offset, rec.key,
                                            rec.value, exc, "training", "invalid")
-            cursor.next_offset = max(cursor.next_offset, end)
-            if after_chunk is not None:
-                await after_chunk()
         apply(event.value, msg.offset)
+
+    async def fetch_training(self, cursor: Any, end: int, reader: str) -> list:
+        """The training records from ``cursor.next_offset`` up to ``end`` (exclusive).
+
+        Records that retention deleted are lost: they are counted
+        (``driftline_labels_replayed_total{action="lost"}``) and the cursor moves past them.
+        A partial read raises: the caller retries rather than skip examples.
+        """
+        start = cursor.next_offset
+        topic = self.topics.training
+        records = await asyncio.to_thread(read_range, self.s, topic, 0, start, end)
+        if not records or records[0].offset > start:
+            low = await asyncio.to_thread(low_watermark, self.s, topic, 0)
+            if low > start:
+                lost = min(low, end) - start
+                log.error("%s: %d training examples (offsets %d..%d) were deleted by retention "
+                          "before the %s reader applied them", self.name, lost, start,
+                          start + lost - 1, reader)
+                m.LABELS_REPLAYED.labels(self.name, reader, "lost").inc(lost)
+                cursor.next_offset = start + lost
+        if records and records[-1].offset >= end - 1:
+            m.LABELS_REPLAYED.labels(self.name, reader, "fetched").inc(len(records))
+            return records
+        if cursor.next_offset >= end:
+            return []  # all of it deleted by retention
+        raise RuntimeError(f"fetched training examples {start}..{end - 1} only partially")
 
     def _apply(self, learner: OnlineLearner, value: bytes, offset: int) -> None:
         # The offset moves on even for an invalid example: it is dead-lettered, not retried.
@@ -578,7 +591,12 @@ class PipelineAgents:
         Records Faust skipped before this one (see :class:`GapFiller`) are handled first.
         """
         async for event in stream.events():
-            for missed in await self.gaps.missed_before(event):
+            try:
+                skipped = await self.gaps.missed_before(event)
+            except Exception:  # noqa: BLE001 - Kafka did not answer: never stop the agent
+                log.exception("%s: could not fetch records Faust skipped", kind)
+                skipped = []
+            for missed in skipped:
                 m.SKIPPED_RECOVERED.labels(self.name, kind).inc()
                 await self._handle_one(missed, kind, handle)
             await self._handle_one(event, kind, handle)

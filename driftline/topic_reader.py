@@ -85,6 +85,20 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
     return out
 
 
+def low_watermark(settings: Settings, topic: str, partition: int,
+                  timeout: float = 15.0) -> int:
+    """The oldest offset of a partition still held (retention deletes the ones before)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"driftline-reader-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    try:
+        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                timeout=timeout)
+        return low
+    finally:
+        consumer.close()
+
+
 def _record(msg) -> TopicRecord:
     return TopicRecord(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
                        msg.timestamp()[1] / 1000.0)

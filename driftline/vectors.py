@@ -195,31 +195,32 @@ class VectorStore:
         if rows:
             await self.client.upsert(self.entities, rows, timeout=self.timeout)
 
-    async def events_of(self, entity: str) -> list[dict[str, Any]]:
-        """The entity's event rows (id and event time), read strongly."""
-        return await self.client.query(self.events, filter=f"entity == {quoted(entity)}",
-                                       output_fields=["id", "event_time"],
-                                       consistency_level="Strong", timeout=self.timeout)
-
     async def seal(self) -> None:
         """Flush both collections: written rows become indexed segments (see
         ``Settings.vector_seal_rows``)."""
         for name in (self.events, self.entities):
             await self.client.flush(name, timeout=self.timeout)
 
-    async def forget(self, entity: str) -> dict[str, int]:
-        """Delete the entity's event vectors and profile; how many of each were deleted."""
-        events = await self.events_of(entity)
+    async def events_of(self, entity: str, until: float | None = None
+                        ) -> list[dict[str, Any]]:
+        """The entity's event rows (id and event time), up to event time ``until``."""
+        return await self.client.query(self.events, filter=_of_entity(entity, until),
+                                       output_fields=["id", "event_time"],
+                                       consistency_level="Strong", timeout=self.timeout)
+
+    async def forget(self, entity: str, until: float | None = None) -> dict[str, int]:
+        """Delete the entity's event vectors up to event time ``until`` (all without it),
+        and its profile unless it has newer events; how many of each were deleted."""
+        events = await self.events_of(entity, until)
         if events:
-            await self.client.delete(self.events, filter=f"entity == {quoted(entity)}",
+            await self.client.delete(self.events, filter=_of_entity(entity, until),
                                      timeout=self.timeout)
-        profile = await self.client.query(self.entities, filter=f"id == {quoted(entity)}",
-                                          output_fields=["id"], consistency_level="Strong",
-                                          timeout=self.timeout)
-        if profile:
+        profile = await self.profile(entity)
+        gone = profile is not None and (until is None or profile.updated <= until)
+        if gone:
             await self.client.delete(self.entities, filter=f"id == {quoted(entity)}",
                                      timeout=self.timeout)
-        return {"events": len(events), "entities": len(profile)}
+        return {"events": len(events), "entities": int(gone)}
 
     # ---- reads (the API, the neighbour feature) ---------------------------------------
 
@@ -253,6 +254,11 @@ class VectorStore:
             timeout=self.timeout)
         return [{"id": h["id"], "distance": float(h["distance"]), **h["entity"]}
                 for h in hits[0]]
+
+
+def _of_entity(entity: str, until: float | None) -> str:
+    flt = f"entity == {quoted(entity)}"
+    return flt if until is None else f"{flt} and event_time <= {until!r}"
 
 
 def _profile(row: Mapping[str, Any]) -> Profile:

@@ -134,18 +134,19 @@ async def forget_entity(request: web.Request, pipeline: PipelineSpec, redis: Any
         _, state = await features.get(entity)
         until = state["newest"] if state and state.get("newest") is not None else None
         if space is not None:
-            # The newest erased event may be known to Milvus only (its features expired).
+            # Counted before the erasure is recorded: from then on, the embedding agent
+            # erases them too. The newest erased event may be known to Milvus only.
             rows = await space.store.events_of(entity)
-            times = [r["event_time"] for r in rows]
+            profile = await space.store.profile(entity)
+            deleted["event_vectors"], deleted["entity_vectors"] = len(rows), int(bool(profile))
+            times = [r["event_time"] for r in rows] + ([profile.updated] if profile else [])
             until = max([t for t in (until, *times) if t is not None], default=until)
         if until is not None:
             # Recorded first: from now on the worker drops what is in flight for it.
             await EmbeddingStore(redis, keys).forget(entity, until)
         deleted["features"] = int(await features.delete(entity))
         if space is not None:
-            counts = await space.store.forget(entity)
-            deleted["event_vectors"], deleted["entity_vectors"] = counts["events"], \
-                counts["entities"]
+            await space.store.forget(entity, until)
     except STORE_ERRORS as exc:  # a store is down; erasing again is safe
         log.warning("erasing %s/%s failed", pipeline.name, entity, exc_info=True)
         return error(503, f"store unavailable, nothing is lost by retrying: {exc}")
