@@ -256,9 +256,11 @@ def test_fraud_knn_scores_each_event_with_the_fraud_rate_of_its_neighbours(
     topics = PipelineTopics.for_spec(FRAUD_KNN, settings.namespace)
     run_id = uuid.uuid4().hex[:8]
     n = 1400
+    # Card testing five times as often as by default: past bursts for the probe to meet.
     emissions = list(FraudGenerator(FraudStreamConfig(
         events=n, seed=8, run_id=run_id, card_prefix=f"knn-{run_id}", cards=150,
-        label_delay=5.0, start_time=time.time() - n / 2.0)).emissions())
+        card_testing_rate=0.01, label_delay=5.0,
+        start_time=time.time() - n / 2.0)).emissions())
     send(settings, topics.events, [(e.key, e.record.to_json()) for e in emissions
                                    if e.kind == "event"])
     send(settings, topics.labels, [(e.key, e.record.to_json()) for e in emissions
@@ -266,6 +268,9 @@ def test_fraud_knn_scores_each_event_with_the_fraud_rate_of_its_neighbours(
     r = redis.Redis.from_url(settings.redis_url)
     keys = RedisKeys(settings.redis_prefix, "fraud_knn")
     wait_for(lambda: r.hexists(keys.embedding, "embedder"), 240, "a frozen embedder")
+    events_c, _ = collection_names(settings, "fraud_knn")
+    wait_for(lambda: len(milvus_rows(settings, events_c, 'id != ""', ["id"])) >= n, 120,
+             "every labeled event in Milvus", interval=1)
 
     def lookups(outcome: str) -> float:
         return worker_metrics().value("driftline_neighbour_lookups_total", pipeline="fraud_knn",

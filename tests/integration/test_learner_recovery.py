@@ -31,7 +31,8 @@ N = 3000
 @pytest.fixture
 def own_settings(settings):
     with scratch_namespace(settings, f"{settings.namespace}-learner",
-                           worker_port=free_port(), snapshot_every=100) as s:
+                           worker_port=free_port(), snapshot_every=100,
+                           vector_batch=1000, vector_flush_seconds=5.0) as s:
         ensure_pipeline_topics(s, "fraud")
         yield s
 
@@ -87,8 +88,17 @@ def test_a_killed_worker_learns_and_embeds_every_label_exactly_once(own_settings
 
         wait_for(lambda: updates() >= N, 180, f"{N} labels learned")
         events_c, entities_c = collection_names(s, "fraud")
-        wait_for(lambda: len(milvus_rows(s, events_c, 'id != ""', ["id"])) >= N, 120,
-                 f"{N} event vectors")
+        try:
+            wait_for(lambda: len(milvus_rows(s, events_c, 'id != ""', ["id"])) >= N, 120,
+                     f"{N} event vectors")
+        except AssertionError:
+            m = scrape(learned_url)
+            found = len(milvus_rows(s, events_c, 'id != ""', ["id"]))
+            raise AssertionError(
+                f"{found} vectors; worker: " + "; ".join(
+                    f"{k}{labels}={v}" for k, samples in sorted(m.items())
+                    if "vector" in k or "replayed" in k for labels, v in samples
+                    if labels.get("pipeline") == "fraud")) from None
         time.sleep(3 * max(s.snapshot_seconds, s.vector_flush_seconds) + 2)  # twice would show
         state = learner_state(s)
         vectors = milvus_rows(s, events_c, 'id != ""', ["id"])
