@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` (PIPELINE=fraud|pricing|agrawal) and `make test`.
+# Two entry points for a fresh machine: `make demo` (PIPELINE=fraud|fraud_knn|pricing|agrawal)
+# and `make test`.
 # The virtual environment is reused while pyproject.toml is unchanged, rebuilt when not;
 # Kafka's jars are cached outside the repository by `driftline stack up`.
 
