@@ -82,6 +82,8 @@ class EmbeddingAgent:
         self._collections_ready = False
         self._mode = "live"
         self._latest: int | None = None  # the newest record noted while not live
+        # Erased entities (DELETE /v1/entities) as last read, each with its erasure time.
+        self._forgotten: dict[str, float] = {}
         self._unsealed = 0  # rows written since the collections were last flushed
         app: faust.App = agents.app
         app.agent(agents.training_topic, name=f"{self.name}-embed")(self.embed)
@@ -118,7 +120,7 @@ class EmbeddingAgent:
         never dead-letters (the learner does, once per record)."""
         offset = event.message.offset
         if self._mode != "live":
-            self._latest = max(offset, self._latest if self._latest is not None else -1)
+            self._note(offset)
             return  # the timer reaches it from the checkpoint
         async with self._lock:
             try:
@@ -142,8 +144,17 @@ class EmbeddingAgent:
         answer. Callers hold the lock."""
         log.warning("%s: %s; %d rows left to Kafka", self.name, why, len(self.pending))
         self.state, self.pending = None, []
-        self._latest = max(offset, self._latest if self._latest is not None else -1)
+        self._note(offset)
         self._set_mode("suspended")
+
+    def _note(self, offset: int) -> None:
+        """Remember the newest record left for the timer to reach."""
+        self._latest = offset if self._latest is None else max(offset, self._latest)
+
+    def _forgotten_event(self, example: TrainingExample) -> bool:
+        """Whether the example is part of data erased on request (as last read)."""
+        until = self._forgotten.get(example.entity)
+        return until is not None and example.event_time <= until
 
     async def _catch_up(self) -> None:
         """One chunk of the gap between the checkpoint and the newest record noted."""
@@ -174,8 +185,7 @@ class EmbeddingAgent:
             example = parse(TrainingExample, value)
         except InvalidRecord:
             return  # the learner dead-letters it; one dead letter per record is enough
-        if (example.event_id in state.seen
-                or self.a.forgotten(example.entity, example.event_time)):
+        if example.event_id in state.seen or self._forgotten_event(example):
             return
         state.seen[example.event_id] = None
         while len(state.seen) > state.DEDUPE_WINDOW:
@@ -262,26 +272,23 @@ class EmbeddingAgent:
         state = self.state
         if state is None:
             return
-        await self.a.refresh_forgotten()
-        new = {e: t for e, t in self.a.forgotten_entities().items()
-               if state.erasures.get(e) != t}
+        self._forgotten = await self.store.forgotten()
+        new = {e: t for e, t in self._forgotten.items() if state.erasures.get(e) != t}
         if not new:
             return
         await self._ensure_collections()
         for entity, until in new.items():
             await self.vectors.forget(entity, until)
         state.erasures.update(new)
-        # Nor keep their rows, in memory or in the checkpoint.
-        state.warmup = [(o, e) for o, e in state.warmup
-                        if not self.a.forgotten(e.entity, e.event_time)]
-        self.pending = [(o, e) for o, e in self.pending
-                        if not self.a.forgotten(e.entity, e.event_time)]
+        # Nor keep their rows, in memory or in the checkpoint; the rows applied later are
+        # dropped as they are applied.
+        state.warmup = [(o, e) for o, e in state.warmup if not self._forgotten_event(e)]
+        self.pending = [(o, e) for o, e in self.pending if not self._forgotten_event(e)]
         self._saved_offset = None  # the checkpoint changed: write it
 
     async def _write(self, embedder: EventEmbedder, batch: list[tuple[int, TrainingExample]]
                      ) -> None:
         await self._ensure_collections()
-        batch = [(o, e) for o, e in batch if not self.a.forgotten(e.entity, e.event_time)]
         rows, vectors = [], {}
         for offset, ex in batch:
             vectors[offset] = embedder.vector(ex.features)

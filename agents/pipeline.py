@@ -105,8 +105,6 @@ class PipelineAgents:
         self._published_updates = 0
         self._published_at = 0.0
         self.live: LiveModel | None = None
-        # Erased entities (DELETE /v1/entities): their data up to this event time is gone.
-        self._forgotten: dict[str, float] = {}
 
         app.agent(self.events_topic, name=f"{self.name}-score")(self.score_events)
         app.agent(self.labels_topic, name=f"{self.name}-labels")(self.forward_labels)
@@ -140,8 +138,9 @@ class PipelineAgents:
 
     @functools.cached_property
     def space(self) -> EmbeddingSpace | None:
-        """The neighbour feature's view of Milvus, when the pipeline embeds."""
-        if self.p.embeddings is None:
+        """The neighbour feature's view of Milvus, when the pipeline declares the feature
+        (no Milvus connection on the scoring path otherwise)."""
+        if self.p.embeddings is None or self.p.embeddings.neighbour_feature is None:
             return None
         return EmbeddingSpace(self.s, self.p, self.embedding_store, "worker")
 
@@ -164,25 +163,11 @@ class PipelineAgents:
     async def refresh_model(self, *_: Any) -> None:
         if self.live is not None and await self.live.refresh():
             m.MODEL_SWAPS.labels(self.name, "worker").inc()
-        await self.refresh_forgotten()
 
     @functools.cached_property
     def embedding_store(self) -> EmbeddingStore:
         """The frozen embedder and the erasure register, in Redis."""
         return EmbeddingStore(self.redis, self.keys)
-
-    async def refresh_forgotten(self) -> None:
-        self._forgotten = await self.embedding_store.forgotten()
-
-    def forgotten_entities(self) -> dict[str, float]:
-        """Erased entities as last read (every model refresh), with their erasure time."""
-        return self._forgotten
-
-    def forgotten(self, entity: str, event_time: float) -> bool:
-        """Whether this event of ``entity`` is part of data erased on request (as of the
-        register's last reading)."""
-        until = self._forgotten.get(entity)
-        return until is not None and event_time <= until
 
     # ---- events: validate, featurize, score, emit ------------------------------------
 

@@ -93,7 +93,7 @@ async def score_event(request: web.Request) -> web.Response:
     if snap is None:
         return error(503, "no model published yet for this pipeline")
     entity = pipeline.entity_of(event)
-    _, state = await FeatureStore(request.app[REDIS], _keys(request, name)).get(entity)
+    _, state = await FeatureStore(request.app[REDIS], _keys(request.app, name)).get(entity)
     features = request.app[ENGINES][name].features_for(state, event)
     space = request.app[SPACES].get(name)
     if space is not None:
@@ -114,8 +114,8 @@ async def score_event(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _keys(request: web.Request, name: str) -> RedisKeys:
-    return RedisKeys(request.app[SETTINGS].redis_prefix, name)
+def _keys(app: web.Application, name: str) -> RedisKeys:
+    return RedisKeys(app[SETTINGS].redis_prefix, name)
 
 
 # ---- embeddings: similar cases, erasure ---------------------------------------------------
@@ -123,13 +123,13 @@ def _keys(request: web.Request, name: str) -> RedisKeys:
 async def similar_cases(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
     return await similar.similar(request, PIPELINES[name], request.app[ENGINES][name],
-                                 request.app[REDIS], _keys(request, name))
+                                 request.app[REDIS], _keys(request.app, name))
 
 
 async def forget_entity(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
     return await similar.forget_entity(request, PIPELINES[name], request.app[REDIS],
-                                       _keys(request, name))
+                                       _keys(request.app, name))
 
 
 # ---- models: versions, prequential metrics, registry; admin actions ------------------------
@@ -148,7 +148,7 @@ async def model_status(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
     live: LiveModel = request.app[MODELS][name]
     raw = {k.decode(): v.decode()
-           for k, v in (await request.app[REDIS].hgetall(_keys(request, name).learner)).items()}
+           for k, v in (await request.app[REDIS].hgetall(_keys(request.app, name).learner)).items()}
     learner = {k: raw[k] for k in ("version", "revision", "updates", "duplicates",
                                     "next_offset", "published_at") if k in raw}
     body = {
@@ -238,11 +238,10 @@ async def _keep_models_fresh(app: web.Application) -> None:
 async def _resources(app: web.Application):
     client = connect(app[SETTINGS])
     app[REDIS] = client
-    keys_of = lambda name: RedisKeys(app[SETTINGS].redis_prefix, name)  # noqa: E731
-    app[MODELS] = {name: LiveModel(SnapshotStore(client, keys_of(name))) for name in PIPELINES}
-    app[SPACES] = {name: EmbeddingSpace(app[SETTINGS], spec, EmbeddingStore(client, keys_of(name)),
-                                        "api")
-                   for name, spec in PIPELINES.items() if spec.embeddings is not None}
+    app[MODELS] = {name: LiveModel(SnapshotStore(client, _keys(app, name))) for name in PIPELINES}
+    app[SPACES] = {
+        name: EmbeddingSpace(app[SETTINGS], spec, EmbeddingStore(client, _keys(app, name)), "api")
+        for name, spec in PIPELINES.items() if spec.embeddings is not None}
     refresher = asyncio.create_task(_keep_models_fresh(app))
     yield
     refresher.cancel()
