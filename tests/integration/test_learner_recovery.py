@@ -69,13 +69,12 @@ def test_a_killed_worker_learns_and_embeds_every_label_exactly_once(own_settings
     send(s, topics.events, [(e.key, e.record.to_json()) for e in emissions if e.kind == "event"])
     send(s, topics.labels, [(e.key, e.record.to_json()) for e in labels])
     learned_url = f"http://127.0.0.1:{s.worker_port}/metrics"
-    wait_for(lambda: scrape(learned_url).value("driftline_labels_learned_total",
-                                               pipeline="fraud") >= N * 0.5,
-             180, "half of the labels learned")
-    # The embedding agent past its warm-up, some vectors written, not all.
+    # Killed as soon as the first vectors are written (the warm-up's 1,000, at once): the
+    # next batch needs 1,000 more labels applied, so the embedding agent is part-way.
+    # (Waiting for the learner's progress first once let the agent finish.)
     wait_for(lambda: scrape(learned_url).value("driftline_vectors_written_total",
                                                pipeline="fraud", kind="events") > 0,
-             120, "the first vectors written")
+             180, "the first vectors written", interval=0.1)
     written = scrape(learned_url).value("driftline_vectors_written_total", pipeline="fraud",
                                         kind="events")
     first.kill()  # between two checkpoints, with Faust's commits anywhere
