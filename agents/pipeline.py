@@ -39,7 +39,7 @@ from driftline.stores import (
     SnapshotStore,
     connect,
 )
-from driftline.topic_reader import low_watermark, read_range
+from driftline.topic_reader import read_range, watermarks
 from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
 from online_models import evaluation
@@ -370,7 +370,7 @@ class PipelineAgents:
         topic = self.topics.training
         records = await asyncio.to_thread(read_range, self.s, topic, 0, start, end)
         if not records or records[0].offset > start:
-            low = await asyncio.to_thread(low_watermark, self.s, topic, 0)
+            low, _ = await asyncio.to_thread(watermarks, self.s, topic, 0)
             if low > start:
                 lost = min(low, end) - start
                 log.error("%s: %d training examples (offsets %d..%d) were deleted by retention "

@@ -85,16 +85,16 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
     return out
 
 
-def low_watermark(settings: Settings, topic: str, partition: int,
-                  timeout: float = 15.0) -> int:
-    """The oldest offset of a partition still held (retention deletes the ones before)."""
+def watermarks(settings: Settings, topic: str, partition: int,
+               timeout: float = 15.0) -> tuple[int, int]:
+    """The oldest offset of a partition still held (retention deletes the ones before) and
+    the offset its next record will have."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
                          "group.id": f"driftline-reader-{uuid.uuid4().hex}",
                          "enable.auto.commit": False})
     try:
-        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                timeout=timeout)
-        return low
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                              timeout=timeout)
     finally:
         consumer.close()
 
