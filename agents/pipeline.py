@@ -409,6 +409,7 @@ class PipelineAgents:
                 snap = await self.snapshots.load()
                 learner = OnlineLearner(self.p, snap.model if snap else build_model(self.p.model),
                                         metric_window=self.s.metric_window)
+            learner.add_fallback(self.p)
             self.learner = learner
             self._published_updates = learner.updates
             log.info("%s: learner at %s, next training offset %s", self.name, learner.version,
@@ -439,7 +440,8 @@ class PipelineAgents:
         """Publish the model to the scorers and checkpoint the learner, atomically.
         Callers hold ``self._learning``."""
         learner = self.learner
-        await self.snapshots.publish(learner.model, learner.version, checkpoint=learner)
+        await self.snapshots.publish(learner.model, learner.version, checkpoint=learner,
+                                     fallback=learner.fallback)
         self._published_updates = learner.updates
         self._published_at = time.time()
         by_version = learner.metrics_by_version()

@@ -29,6 +29,7 @@ from typing import Any
 
 from monitoring.drift import ConceptDriftMonitor, DriftDetection, FeatureDriftMonitor
 from online_models import evaluation
+from online_models.spec import build_model
 from streams.declarations import PipelineSpec
 from streams.schemas import TrainingExample
 
@@ -42,6 +43,10 @@ class OnlineLearner:
     # Metrics are kept for this many model revisions: the current one, and the ones whose
     # scores are still being labeled after a swap.
     KEEP_REVISIONS = 4
+    # The pipeline's fallback model (``FallbackPolicy``), learned beside the champion from
+    # the same examples and never swapped; a class default for checkpoints made before it.
+    fallback: Any = None
+    fallback_features: tuple[str, ...] = ()
 
     def __init__(self, spec: PipelineSpec, model: Any, *, revision: int = 0,
                  metric_window: int = 2000, dedupe_window: int = 20_000) -> None:
@@ -72,6 +77,14 @@ class OnlineLearner:
             check_every=drift.check_every, psi_threshold=drift.psi_threshold,
             p_value=drift.p_value)
         self._detections: list[DriftDetection] = []
+        self.add_fallback(spec)
+
+    def add_fallback(self, spec: PipelineSpec) -> None:
+        """Start learning the declared fallback model, if there is one and none yet (a
+        checkpoint from before fallbacks gets a fresh one)."""
+        if spec.fallback is not None and self.fallback is None:
+            self.fallback = build_model(spec.fallback.model or spec.model)
+            self.fallback_features = spec.fallback.features
 
     @property
     def version(self) -> str:
@@ -99,6 +112,10 @@ class OnlineLearner:
         self._detections.extend(d for d in detections if d is not None)
         if update_model:
             self.model.learn_one(example.features, label)
+        if self.fallback is not None:
+            self.fallback.learn_one(
+                {k: example.features[k] for k in self.fallback_features if k in example.features},
+                label)
         self.updates += 1
         return True
 

@@ -164,6 +164,20 @@ class EmbeddingPolicy:
 
 
 @dataclass(frozen=True)
+class FallbackPolicy:
+    """What the scoring API answers with when an entity's features or the model are not
+    there in time (Redis down or slow): a small model of the ``features`` an event gives
+    on its own, with no entity history (``Raw`` ones, and ``Derived`` ones of them). The
+    learner trains it on every labeled example beside the champion and publishes it with
+    each snapshot; before the first one, the answer is ``prior`` (the base rate of a
+    binary task, a typical value of a regression)."""
+
+    features: tuple[str, ...]
+    prior: float
+    model: str | None = None  # a key of online_models.spec.MODELS; default: the pipeline's
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """Everything Driftline needs to know about one pipeline."""
 
@@ -189,6 +203,7 @@ class PipelineSpec:
     drift: DriftPolicy = DriftPolicy()
     retrain: RetrainPolicy = RetrainPolicy()
     embeddings: EmbeddingPolicy | None = None  # None: nothing goes to Milvus
+    fallback: FallbackPolicy | None = None     # None: no degraded answers, a 503 instead
     feature_names: tuple[str, ...] = field(init=False)  # computed by the feature engine
 
     def __post_init__(self) -> None:
@@ -224,6 +239,12 @@ class PipelineSpec:
             if self.embeddings.neighbour_feature in names:
                 raise ValueError(f"{self.name}: the neighbour feature "
                                  f"{self.embeddings.neighbour_feature!r} is declared twice")
+        if self.fallback is not None:
+            kinds = {f.name: f for f in self.features}
+            for name in self.fallback.features:
+                if not isinstance(kinds.get(name), Raw | Derived):
+                    raise ValueError(f"{self.name}: fallback.features needs Raw or Derived "
+                                     f"features of the event alone; {name!r} is not one")
         object.__setattr__(self, "feature_names", tuple(names))
 
     @property
@@ -254,6 +275,7 @@ class PipelineSpec:
             "features": [feature(f) for f in self.features],
             "drift": asdict(self.drift), "retrain": asdict(self.retrain),
             "embeddings": asdict(self.embeddings) if self.embeddings else None,
+            "fallback": asdict(self.fallback) if self.fallback else None,
         }
 
     @property

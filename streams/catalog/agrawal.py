@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from streams.declarations import DriftPolicy, PipelineSpec, Raw, RetrainPolicy
+from streams.declarations import DriftPolicy, FallbackPolicy, PipelineSpec, Raw, RetrainPolicy
 from streams.schemas import Record
 
 # Agrawal's attributes, in River's order; the last three are category codes.
@@ -83,4 +83,6 @@ AGRAWAL = PipelineSpec(
     # where the champion scores 0.50-0.65).
     retrain=RetrainPolicy(window=1500, holdout=500, min_after_drift=1500, margin=0.05,
                           cooldown_seconds=60.0),
+    # Every feature is the event's own, so the fallback is a second tree on all of them.
+    fallback=FallbackPolicy(features=ATTRIBUTES, prior=0.5),
 )

@@ -17,6 +17,7 @@ from streams.declarations import (
     Derived,
     DriftPolicy,
     Ewma,
+    FallbackPolicy,
     PipelineSpec,
     Raw,
     RetrainPolicy,
@@ -105,4 +106,8 @@ PRICING = PipelineSpec(
     # 6,000 rides take a minute in the demo, hence the cool-down.
     retrain=RetrainPolicy(window=1500, holdout=500, min_after_drift=1000, margin=1.0,
                           metric="mae", cooldown_seconds=60.0),
+    # Without the zone's history: the ride and the drivers the request reports; a ride is
+    # priced about 30 in the generator's stream.
+    fallback=FallbackPolicy(features=("distance_km", "duration_min", "active_drivers"),
+                            prior=30.0),
 )

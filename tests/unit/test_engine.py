@@ -169,3 +169,14 @@ def test_unknown_aggregation_or_operator_is_refused():
         Agg("x", "median", Sliding(1), field="value")
     with pytest.raises(ValueError, match="unknown operator"):
         Agg("x", "count", Sliding(1), where=("value", "~", 1))
+
+
+def test_a_fallback_may_use_only_features_of_the_event_alone():
+    from dataclasses import replace
+
+    from streams.declarations import FallbackPolicy
+
+    with pytest.raises(ValueError, match="fallback.features needs Raw or Derived.*'count_1m'"):
+        replace(FRAUD, fallback=FallbackPolicy(features=("amount", "count_1m"), prior=0.03))
+    with pytest.raises(ValueError, match="'nope' is not one"):
+        replace(FRAUD, fallback=FallbackPolicy(features=("nope",), prior=0.03))

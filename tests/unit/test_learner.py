@@ -154,3 +154,27 @@ def test_a_shifted_feature_is_reported_as_feature_drift_naming_it():
     feature = [d for d in learner.pop_detections() if d.kind == "feature"]
     assert feature, "no feature drift detected"
     assert feature[0].evidence["worst"] == "amount"
+
+
+def test_the_fallback_learns_the_declared_features_alone_from_every_example():
+    learner = fraud_learner()
+    assert FRAUD.fallback.features == ("amount", "log_amount")
+    for i in range(400):
+        positive = i % 2 == 0
+        learner.learn(example(i, 0.0, positive, amount=900.0 if positive else 10.0,
+                              log_amount=6.8 if positive else 2.4, count_1m=float(i)))
+    fallback = learner.fallback
+    assert predict(fallback, "binary", {"amount": 900.0, "log_amount": 6.8}) > 0.9
+    assert predict(fallback, "binary", {"amount": 10.0, "log_amount": 2.4}) < 0.1
+    # It never saw the other features: the scaler holds only the declared ones.
+    assert set(fallback["StandardScaler"].means) == {"amount", "log_amount"}
+
+
+def test_a_checkpoint_from_before_fallbacks_gets_one():
+    learner = fraud_learner()
+    del learner.fallback, learner.fallback_features  # as pickled by the older code
+    restored = pickle.loads(pickle.dumps(learner))
+    assert restored.fallback is None
+    restored.add_fallback(FRAUD)
+    assert restored.fallback is not None and restored.fallback_features == ("amount",
+                                                                            "log_amount")
