@@ -46,6 +46,16 @@ class RedisKeys:
         return f"{self.prefix}{self.pipeline}:checkpoint"
 
     @property
+    def challenger(self) -> str:
+        """The challenger a traffic split serves (or shadows), a snapshot like ``model``."""
+        return f"{self.prefix}{self.pipeline}:challenger"
+
+    @property
+    def traffic(self) -> str:
+        """The pipeline's traffic split between champion and challenger, if any."""
+        return f"{self.prefix}{self.pipeline}:traffic"
+
+    @property
     def embedding(self) -> str:
         """The embedding agent's checkpoint and the frozen embedder it publishes."""
         return f"{self.prefix}{self.pipeline}:embedding"
@@ -76,6 +86,19 @@ class FeatureStore:
         """Erase the entity's features and window state; whether there were any."""
         return bool(await self.r.delete(self.keys.features(entity)))
 
+    async def state(self, entity: str) -> dict[str, Any] | None:
+        """The entity's window state alone (None when unknown): what scoring needs."""
+        raw = await self.r.hget(self.keys.features(entity), "_state")
+        return json.loads(raw) if raw is not None else None
+
+    async def states(self, entities: list[str]) -> list[dict[str, Any] | None]:
+        """:meth:`state` of each entity, in one round trip."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for entity in entities:
+                pipe.hget(self.keys.features(entity), "_state")
+            raws = await pipe.execute()
+        return [json.loads(raw) if raw is not None else None for raw in raws]
+
     async def get(self, entity: str) -> tuple[dict[str, float], dict[str, Any] | None]:
         """The entity's latest features and window state (``{}, None`` when unknown)."""
         raw = await self.r.hgetall(self.keys.features(entity))
@@ -97,18 +120,20 @@ class ModelSnapshot:
     model: Any
     version: str
     published_at: float
+    fallback: Any = None  # the pipeline's fallback model, learned beside this one
 
 
 class SnapshotStore:
     """The latest model snapshot of a pipeline, written by its one learner, and the
-    learner's checkpoint."""
+    learner's checkpoint; with ``key=keys.challenger``, the challenger of a traffic split."""
 
-    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys, key: str | None = None) -> None:
         self.r = client
         self.keys = keys
+        self.key = key or keys.model
 
     async def publish(self, model: Any, version: str, *, only_if_absent: bool = False,
-                      checkpoint: Any = None) -> bool:
+                      checkpoint: Any = None, fallback: Any = None) -> bool:
         """Store ``model`` as ``version``; with ``only_if_absent``, only when none exists.
 
         A ``checkpoint`` (the learner, which knows the input offset its model reflects) is
@@ -117,13 +142,15 @@ class SnapshotStore:
         # Both pickled before the first await: nothing can change them half-way.
         mapping = {"blob": pickle.dumps(model), "version": version,
                    "published_at": repr(time.time())}
+        if fallback is not None:
+            mapping["fallback"] = pickle.dumps(fallback)
         state = pickle.dumps(checkpoint) if checkpoint is not None else None
         if only_if_absent:
             # HSETNX on the version claims the key; the losers of a race write nothing.
-            if not await self.r.hsetnx(self.keys.model, "version", version):
+            if not await self.r.hsetnx(self.key, "version", version):
                 return False
         async with self.r.pipeline(transaction=True) as tx:
-            tx.hset(self.keys.model, mapping=mapping)
+            tx.hset(self.key, mapping=mapping)
             if state is not None:
                 tx.hset(self.keys.checkpoint, mapping={"state": state, "version": version})
             await tx.execute()
@@ -135,14 +162,19 @@ class SnapshotStore:
         return pickle.loads(blob) if blob is not None else None
 
     async def version(self) -> str | None:
-        v = await self.r.hget(self.keys.model, "version")
+        v = await self.r.hget(self.key, "version")
         return v.decode() if v is not None else None
 
     async def load(self) -> ModelSnapshot | None:
-        blob, version, at = await self.r.hmget(self.keys.model, ["blob", "version", "published_at"])
+        blob, version, at, fallback = await self.r.hmget(
+            self.key, ["blob", "version", "published_at", "fallback"])
         if blob is None or version is None:
             return None
-        return ModelSnapshot(pickle.loads(blob), version.decode(), float(at or 0))
+        return ModelSnapshot(pickle.loads(blob), version.decode(), float(at or 0),
+                             pickle.loads(fallback) if fallback is not None else None)
+
+    async def delete(self) -> None:
+        await self.r.delete(self.key)
 
 
 class EmbeddingStore:
@@ -180,6 +212,30 @@ class EmbeddingStore:
     async def forgotten(self) -> dict[str, float]:
         raw = await self.r.hgetall(self.keys.forgotten)
         return {k.decode(): float(v) for k, v in raw.items()}
+
+
+class TrafficStore:
+    """The traffic split of a pipeline (its JSON) and the challenger's snapshot."""
+
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+        self.r = client
+        self.keys = keys
+        self.challenger = SnapshotStore(client, keys, key=keys.challenger)
+
+    async def set(self, split: dict[str, Any], model: Any, version: str) -> None:
+        """Publish ``model`` as the challenger, then the split that serves it."""
+        await self.challenger.publish(model, version)
+        await self.r.set(self.keys.traffic, json.dumps(split))
+
+    async def get(self) -> dict[str, Any] | None:
+        raw = await self.r.get(self.keys.traffic)
+        return json.loads(raw) if raw is not None else None
+
+    async def clear(self) -> bool:
+        """End the split (the champion serves everything); whether there was one."""
+        ended = bool(await self.r.delete(self.keys.traffic))
+        await self.challenger.delete()
+        return ended
 
 
 class LiveModel:

@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 from pymilvus import AsyncMilvusClient, DataType, MilvusClient
-from pymilvus.exceptions import MilvusException
+from pymilvus.exceptions import ErrorCode, MilvusException
 from redis.exceptions import RedisError
 
 from driftline.config import Settings
@@ -182,10 +182,8 @@ class VectorStore:
         if not ids:
             return {}
         # Not `get(ids=...)`: pymilvus writes the ids into a filter without escaping them.
-        rows = await self.client.query(self.entities, filter=f"id in {quoted_list(ids)}",
-                                       consistency_level="Strong", limit=len(ids),
-                                       output_fields=["id", "vector", *ENTITY_FIELDS],
-                                       timeout=self.timeout)
+        rows = await self._query(self.entities, filter=f"id in {quoted_list(ids)}",
+                                 limit=len(ids), output_fields=["id", "vector", *ENTITY_FIELDS])
         return {r["id"]: _profile(r) for r in rows}
 
     async def upsert_profiles(self, profiles: Mapping[str, Profile]) -> None:
@@ -204,9 +202,19 @@ class VectorStore:
     async def events_of(self, entity: str, until: float | None = None
                         ) -> list[dict[str, Any]]:
         """The entity's event rows (id and event time), up to event time ``until``."""
-        return await self.client.query(self.events, filter=_of_entity(entity, until),
-                                       output_fields=["id", "event_time"],
-                                       consistency_level="Strong", timeout=self.timeout)
+        return await self._query(self.events, filter=_of_entity(entity, until),
+                                 output_fields=["id", "event_time"])
+
+    async def _query(self, collection: str, **kwargs: Any) -> list[dict[str, Any]]:
+        """Rows read strongly; none when the collection does not exist yet (the embedding
+        agent creates it before its first write, so nothing was ever written)."""
+        try:
+            return await self.client.query(collection, consistency_level="Strong",
+                                           timeout=self.timeout, **kwargs)
+        except MilvusException as exc:
+            if exc.code == ErrorCode.COLLECTION_NOT_FOUND:
+                return []
+            raise
 
     async def forget(self, entity: str, until: float | None = None) -> dict[str, int]:
         """Delete the entity's event vectors up to event time ``until`` (all without it),
@@ -293,19 +301,22 @@ class EmbeddingSpace:
             self._embedder = await self.embeddings.embedder()
         return self._embedder
 
-    async def add_neighbour_feature(self, features: dict[str, float]) -> None:
+    async def add_neighbour_feature(self, features: dict[str, float],
+                                    timeout: float | None = None) -> None:
         """Add the declared neighbour feature to ``features`` (when one is declared): the
         mean label of the k nearest labeled events. When it cannot be had (no frozen
         embedder yet, no labeled neighbours, Milvus past the time budget) it is left out
         rather than made up: River's scalers and linear models skip a missing feature,
         while a constant stand-in followed by real values gave the scaler a near-zero
-        variance and the model huge updates. Scoring never fails for it."""
+        variance and the model huge updates. Scoring never fails for it. ``timeout``
+        shortens the configured budget (what is left of an API request's deadline)."""
         name = self.policy.neighbour_feature
         if name is None:
             return
         outcome = "ok"
         try:
-            async with asyncio.timeout(self.timeout):  # one budget for both calls
+            budget = self.timeout if timeout is None else min(self.timeout, max(timeout, 0.0))
+            async with asyncio.timeout(budget):  # one budget for both calls
                 embedder = await self.embedder()
                 if embedder is None:
                     outcome = "not_ready"

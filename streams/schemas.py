@@ -109,17 +109,32 @@ def parse(model: type[R], raw: bytes | str | dict[str, Any]) -> R:
     try:
         if isinstance(raw, dict):
             return model.model_validate(raw)
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRecord({"$": f"not valid JSON ({exc})"}) from None
     except ValidationError as exc:
         raise InvalidRecord(_field_errors(exc)) from None
+    data = decode_json(raw)
     if not isinstance(data, dict):
         raise InvalidRecord({"$": f"expected a JSON object, got {type(data).__name__}"})
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidRecord(_field_errors(exc)) from None
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """``raw`` decoded; :class:`InvalidRecord` when it is not JSON (or nests too deep for
+    the decoder, which would otherwise raise RecursionError).
+
+    >>> decode_json(b"[" * 100_000)
+    Traceback (most recent call last):
+    ...
+    streams.schemas.InvalidRecord: $: not valid JSON (nested too deep)
+    """
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRecord({"$": f"not valid JSON ({exc})"}) from None
+    except RecursionError:
+        raise InvalidRecord({"$": "not valid JSON (nested too deep)"}) from None
 
 
 def _field_errors(exc: ValidationError) -> dict[str, str]:
