@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 import uuid
@@ -60,14 +59,40 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
+    from serving.server import serve
 
-    from serving.app import create_app
+    try:
+        return serve(settings, args.host or settings.api_host, args.port or settings.api_port,
+                     args.workers or settings.api_workers)
+    except ValueError as exc:  # a malformed setting, named
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    web.run_app(create_app(settings), host=args.host or settings.api_host,
-                port=args.port or settings.api_port, access_log=None)
+
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.auth import new_token
+
+    token, entry = new_token(args.name, args.role)
+    print(f"token (give it to the client; it is not stored anywhere): {token}")
+    print(f"entry for DRIFTLINE_API_TOKENS (comma-separated): {entry}")
+    return 0
+
+
+def _traffic(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from online_models.registry import Registry
+    from serving.traffic import set_split
+
+    registry = None if args.mode == "off" else Registry.from_settings(settings)
+    try:
+        split = asyncio.run(set_split(settings, registry, args.pipeline, args.mode,
+                                      args.challenger, args.percent))
+    except (KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.pipeline}: " + (f"traffic {split.model_dump()}" if split
+                                  else "the champion serves all traffic"))
     return 0
 
 
@@ -192,7 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the scoring API")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes on the one port (default: DRIFTLINE_API_WORKERS, 1)")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("token", help="make an API token and its DRIFTLINE_API_TOKENS entry")
+    p.add_argument("--name", required=True, help="who holds it (shown in 403 answers)")
+    p.add_argument("--role", choices=["scorer", "admin"], default="scorer")
+    p.set_defaults(func=_token)
+
+    p = sub.add_parser("traffic", help="serve a registry version as challenger: split "
+                                       "(canary, A/B) or shadow; off ends it")
+    p.add_argument("pipeline", choices=sorted(PIPELINES))
+    p.add_argument("mode", choices=["split", "shadow", "off"])
+    p.add_argument("--challenger", type=int, help="the registry version (split, shadow)")
+    p.add_argument("--percent", type=float, default=10.0,
+                   help="split: the share of entities the challenger serves (default 10)")
+    p.set_defaults(func=_traffic)
 
     p = sub.add_parser("produce", help="send a synthetic stream to Kafka")
     p.add_argument("pipeline", choices=sorted(PIPELINES))

@@ -86,6 +86,36 @@ class Settings:
     neighbour_timeout_seconds: float = 0.25
     # Any other call to Milvus fails after this long (DRIFTLINE_MILVUS_TIMEOUT_SECONDS).
     milvus_timeout_seconds: float = 30.0
+    # ---- the scoring API -------------------------------------------------------------
+    # Processes of `driftline serve`, all on one port (SO_REUSEPORT) (DRIFTLINE_API_WORKERS).
+    api_workers: int = 1
+    # Bearer tokens, comma-separated `name:role:sha256hex` entries (role: scorer or admin;
+    # `driftline token` makes one). Only hashes are configured, never tokens. Empty: no
+    # authentication, and the API says so in its log (DRIFTLINE_API_TOKENS).
+    api_tokens: str = ""
+    # Paths served without a token, comma-separated (DRIFTLINE_API_OPEN_PATHS).
+    api_open_paths: str = "/healthz,/metrics,/openapi.json"
+    # TLS: a PEM certificate (chain) and its key; both set means HTTPS only
+    # (DRIFTLINE_API_TLS_CERT, DRIFTLINE_API_TLS_KEY).
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
+    # Largest request body; past it, a 413 (DRIFTLINE_API_MAX_BODY_BYTES).
+    api_max_body_bytes: int = 1024 * 1024
+    # Most events in one batch request (DRIFTLINE_API_BATCH_MAX).
+    api_batch_max: int = 500
+    # Time budget of one score for its features (Redis, the neighbour search); past it the
+    # pipeline's fallback model answers, marked degraded (DRIFTLINE_API_DEADLINE_SECONDS).
+    api_deadline_seconds: float = 0.1
+    # Features and contributions in a score's explanation (DRIFTLINE_API_EXPLAIN_TOP).
+    api_explain_top: int = 5
+    # The feature cache in front of Redis: entities held, and for how long. A cached state
+    # may miss events of its last TTL; 0 turns the cache off
+    # (DRIFTLINE_FEATURE_CACHE_SIZE, DRIFTLINE_FEATURE_CACHE_TTL_SECONDS).
+    feature_cache_size: int = 100_000
+    feature_cache_ttl_seconds: float = 0.5
+    # The inference cache: scores and explanations by model version and feature vector;
+    # 0 turns it off (DRIFTLINE_INFERENCE_CACHE_SIZE).
+    inference_cache_size: int = 100_000
     # The retrainer's HTTP port, which serves its /metrics (DRIFTLINE_RETRAINER_PORT).
     retrainer_port: int = 6067
     # Log level of the services (DRIFTLINE_LOG_LEVEL).

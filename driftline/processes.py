@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -82,15 +83,22 @@ def retrainer_process(settings: Settings, log_dir: Path,
                           log_dir / "retrainer.log")
 
 
-def api_process(settings: Settings, log_dir: Path) -> ServiceProcess:
-    return ServiceProcess("api", ["serve"], settings,
-                          f"http://{settings.api_host}:{settings.api_port}/healthz",
-                          log_dir / "api.log")
+def api_process(settings: Settings, log_dir: Path, workers: int = 1) -> ServiceProcess:
+    return ServiceProcess("api", ["serve", "--workers", str(workers)], settings,
+                          f"{api_url(settings)}/healthz", log_dir / "api.log")
+
+
+def api_url(settings: Settings) -> str:
+    """The API's base URL: HTTPS when a certificate is configured."""
+    scheme = "https" if settings.api_tls_cert else "http"
+    return f"{scheme}://{settings.api_host}:{settings.api_port}"
 
 
 def http_ok(url: str) -> bool:
+    # Readiness only: a self-signed certificate is fine here; clients verify theirs.
+    context = ssl._create_unverified_context() if url.startswith("https") else None
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
             return resp.status == 200
     except OSError:
         return False

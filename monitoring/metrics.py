@@ -7,14 +7,20 @@ meaning.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 # The _created series double the exposition for no use on a dashboard.
 disable_created_metrics()
@@ -137,8 +143,80 @@ HTTP_REQUESTS = Counter("driftline_http_requests_total", "HTTP requests by route
 HTTP_SECONDS = Histogram("driftline_http_request_seconds", "HTTP request latency by route",
                          ["route", "method"],
                          buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+API_SCORES = Counter("driftline_api_scores_total",
+                     "Events scored by the API, by variant (champion, challenger, shadow: the "
+                     "challenger's unreturned score) and outcome (ok, degraded)",
+                     ["pipeline", "variant", "outcome"])
+API_SCORE_VALUE = Histogram("driftline_api_score",
+                            "Scores served by the API per variant (shadow included): a "
+                            "probability, or a regression's predicted value",
+                            ["pipeline", "variant"],
+                            buckets=(.01, .05, .1, .2, .3, .5, .7, .9, 1, 5, 10, 20, 50, 100,
+                                     500))
+SHADOW_DIFFERENCE = Histogram("driftline_api_shadow_difference",
+                              "|challenger - champion| on the same request, in shadow mode",
+                              ["pipeline"],
+                              buckets=(.001, .005, .01, .05, .1, .2, .5, 1, 5, 10, 50))
+DEGRADED = Counter("driftline_api_degraded_total",
+                   "Scores answered by the fallback model, by reason (features_timeout, "
+                   "features_unavailable, no_model)", ["pipeline", "reason"])
+BATCH_SIZE = Histogram("driftline_api_batch_events", "Events per batch request",
+                       ["pipeline"], buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
+CACHE_LOOKUPS = Counter("driftline_api_cache_lookups_total",
+                        "API cache lookups by cache (features, inference) and result (hit, "
+                        "miss); driftline_api_cache_hit_ratio is hits over lookups",
+                        ["cache", "result"])
+AUTH_FAILURES = Counter("driftline_api_auth_failures_total",
+                        "Requests refused: 401 (no or unknown token) or 403 (wrong role)",
+                        ["status"])
+
+
+class HitRatios:
+    """``driftline_api_cache_hit_ratio{cache}``: hits over lookups since the start, computed
+    at each scrape from the lookup counters that ``source`` collects (summed over the
+    processes of ``driftline serve --workers N``). Rates over a time range are PromQL's:
+    ``rate(..._lookups_total{result="hit"}[5m]) / rate(..._lookups_total[5m])``."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def describe(self):
+        return [self._family()]
+
+    def collect(self):
+        lookups: dict[str, dict[str, float]] = {}
+        for family in self.source.collect():
+            if family.name != "driftline_api_cache_lookups":
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    by_result = lookups.setdefault(sample.labels["cache"], {})
+                    result = sample.labels["result"]
+                    by_result[result] = by_result.get(result, 0.0) + sample.value
+        family = self._family()
+        for cache, counts in sorted(lookups.items()):
+            total = sum(counts.values())
+            if total:
+                family.add_metric([cache], counts.get("hit", 0.0) / total)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("driftline_api_cache_hit_ratio",
+                                 "API cache hits over lookups since the process (or the "
+                                 "serve pool) started, by cache", labels=["cache"])
+
+
+REGISTRY.register(HitRatios(CACHE_LOOKUPS))
 
 
 def exposition() -> tuple[bytes, str]:
-    """The current metrics in Prometheus' text format, and its content type."""
+    """The current metrics in Prometheus' text format, and its content type. Under
+    ``driftline serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set), the sum over the
+    pool's processes, whichever of them is asked."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        pool = multiprocess.MultiProcessCollector(registry)
+        registry.register(HitRatios(pool))
+        return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST

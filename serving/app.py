@@ -1,14 +1,20 @@
 """The scoring API (``driftline serve``), an aiohttp application.
 
-``POST /v1/score/{pipeline}`` takes one event, reads the entity's window state from
-Redis, computes the event's features with the same pure code the worker runs (and the
-neighbour feature through the same :class:`~driftline.vectors.EmbeddingSpace`), and scores
-them with the in-memory model, which a background task swaps for each newer snapshot.
-``/v1/models/...`` reports and moves model versions; ``/v1/similar/...`` and
-``/v1/entities/...`` are in :mod:`serving.similar`.
+Routes (the OpenAPI description is at ``/openapi.json``):
+
+* ``POST /v1/score/{pipeline}`` and ``POST /v1/score/{pipeline}:batch`` score events with
+  :class:`serving.scoring.PipelineScorer`: features as the worker computes them, the model
+  in memory (swapped by a background task for each newer snapshot), the top feature
+  contributions, and the fallback model, marked ``degraded``, when the features or the
+  model are not there in time;
+* ``/v1/models/...`` reports model versions and, for admins, promotes, rolls back,
+  retrains and splits traffic between champion and challenger (:mod:`serving.traffic`);
+* ``/v1/similar/...`` and ``/v1/entities/...`` are in :mod:`serving.similar`;
+* ``/healthz``, ``/metrics`` and ``/openapi.json`` are open; everything else needs a bearer
+  token with a role (:mod:`serving.auth`) once tokens are configured.
 
 Every error is a JSON body ``{"error": ..., "fields": {...}}`` with a 4xx status when the
-caller is at fault; an unexpected failure is a 500 with the same shape, never HTML.
+caller is at fault; a failure of ours is a 5xx with the same shape, never HTML.
 """
 
 from __future__ import annotations
@@ -20,36 +26,38 @@ import logging
 import time
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from driftline.config import Settings
-from driftline.stores import (
-    EmbeddingStore,
-    FeatureStore,
-    LiveModel,
-    RedisKeys,
-    SnapshotStore,
-    connect,
-)
+from driftline.stores import EmbeddingStore, RedisKeys, connect
 from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
 from online_models import lifecycle
-from online_models.spec import predict
 from serving import similar
+from serving.auth import Tokens, allows, parse_tokens
 from serving.errors import error
+from serving.scoring import Caches, PipelineScorer, Score, Unavailable
 from serving.similar import SPACES
-from streams.engine import FeatureEngine
+from serving.traffic import TrafficRequest, set_split
 from streams.pipelines import PIPELINES
-from streams.schemas import InvalidRecord, parse
+from streams.schemas import InvalidRecord, decode_json, parse
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
-MODELS = web.AppKey("models", dict)
+SCORERS = web.AppKey("scorers", dict)
 REDIS = web.AppKey("redis", object)
-ENGINES = web.AppKey("engines", dict)
 REGISTRY = web.AppKey("registry", object)
+TOKENS = web.AppKey("tokens", Tokens)
+OPEN_PATHS = web.AppKey("open_paths", frozenset)
 
-MAX_BODY_BYTES = 64 * 1024
+
+def requires(role: str):
+    """Mark a handler as needing ``role`` (handlers need ``scorer`` by default)."""
+    def mark(handler):
+        handler.role = role
+        return handler
+    return mark
 
 
 @web.middleware
@@ -60,14 +68,44 @@ async def observe_and_shape_errors(request: web.Request, handler):
     started = time.perf_counter()
     try:
         response = await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        response = error(413, "request body too large",
+                         {"$": f"at most {request.app[SETTINGS].api_max_body_bytes} bytes"})
     except web.HTTPException as exc:
         response = error(exc.status, exc.reason, getattr(exc, "fields", None))
+        for name in ("Allow", "WWW-Authenticate"):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
     except Exception:  # noqa: BLE001 - the caller still gets JSON, the log gets the trace
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error(500, "internal error")
     m.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
     m.HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
     return response
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler):
+    """A bearer token with the handler's role, unless the path is open or no tokens are
+    configured. 401: no token or an unknown one; 403: a known token without the role."""
+    tokens = request.app[TOKENS]
+    if not tokens.enabled or request.path in request.app[OPEN_PATHS]:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    who = tokens.identify(token.strip()) if scheme.lower() == "bearer" else None
+    if who is None:
+        m.AUTH_FAILURES.labels("401").inc()
+        response = error(401, "a valid bearer token is required",
+                         {"Authorization": "missing" if not header else "unknown token"})
+        response.headers["WWW-Authenticate"] = 'Bearer realm="driftline"'
+        return response
+    needed = getattr(request.match_info.handler, "role", "scorer")
+    if not allows(who[1], needed):
+        m.AUTH_FAILURES.labels("403").inc()
+        return error(403, f"this needs the {needed} role",
+                     {"Authorization": f"token {who[0]!r} has the {who[1]} role"})
+    return await handler(request)
 
 
 def _pipeline_or_404(request: web.Request) -> str:
@@ -80,38 +118,77 @@ def _pipeline_or_404(request: web.Request) -> str:
     return name
 
 
+# ---- scoring ------------------------------------------------------------------------------
+
 async def score_event(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
-    pipeline = PIPELINES[name]
-    body = await request.read()
     try:
-        event = parse(pipeline.event_type, body)
+        event = parse(PIPELINES[name].event_type, await request.read())
     except InvalidRecord as exc:
         return error(422, "invalid event", exc.errors)
-    live: LiveModel = request.app[MODELS][name]
-    snap = live.current
-    if snap is None:
-        return error(503, "no model published yet for this pipeline")
-    entity = pipeline.entity_of(event)
-    _, state = await FeatureStore(request.app[REDIS], _keys(request.app, name)).get(entity)
-    features = request.app[ENGINES][name].features_for(state, event)
-    space = request.app[SPACES].get(name)
-    if space is not None:
-        await space.add_neighbour_feature(features)
-    value = predict(snap.model, pipeline.task, features)
-    m.PREDICTIONS.labels(name, "api").inc()
+    try:
+        score = await request.app[SCORERS][name].score(event)
+    except Unavailable as exc:
+        return error(503, str(exc))
+    return web.json_response(_score_body(name, score))
+
+
+async def score_batch(request: web.Request) -> web.Response:
+    """Up to ``DRIFTLINE_API_BATCH_MAX`` events in ``{"events": [...]}``, each scored as
+    ``POST /v1/score/{pipeline}`` would; one invalid event fails the whole batch, with
+    every bad field named by its index (``events.3.amount``)."""
+    name = _pipeline_or_404(request)
+    pipeline = PIPELINES[name]
+    limit = request.app[SETTINGS].api_batch_max
+    try:
+        body = decode_json(await request.read())
+    except InvalidRecord as exc:
+        return error(422, "invalid batch", exc.errors)
+    items = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        return error(422, "invalid batch", {"events": "a non-empty list of events is required"})
+    if len(items) > limit:
+        return error(413, "batch too large", {"events": f"at most {limit} events per batch"})
+    events, errors = [], {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            errors[f"events.{i}"] = f"expected a JSON object, got {type(item).__name__}"
+            continue
+        try:
+            events.append(parse(pipeline.event_type, item))
+        except InvalidRecord as exc:
+            errors.update({f"events.{i}.{k}": v for k, v in exc.errors.items()})
+    if errors:
+        return error(422, "invalid events", errors)
+    m.BATCH_SIZE.labels(name).observe(len(events))
+    try:
+        scores = await request.app[SCORERS][name].score_batch(events)
+    except Unavailable as exc:
+        return error(503, str(exc))
+    return web.json_response({"pipeline": name,
+                              "degraded": any(s.degraded for s in scores),
+                              "results": [_score_body(name, s) for s in scores]})
+
+
+def _score_body(name: str, s: Score) -> dict:
     body = {
         "pipeline": name,
-        "event_id": pipeline.event_id_of(event),
-        "entity": entity,
-        "prediction": value,
-        "model_version": snap.version,
-        "features": features,
-        "entity_known": state is not None,
+        "event_id": s.event_id,
+        "entity": s.entity,
+        "prediction": s.prediction,
+        "model_version": s.model_version,
+        "variant": s.variant,
+        "degraded": s.degraded,
+        "contributions": [{"feature": c.feature, "value": c.value,
+                           "contribution": c.contribution} for c in s.contributions],
+        "features": s.features,
+        "entity_known": s.entity_known,
     }
-    if pipeline.task == "binary":
-        body["probability"] = value
-    return web.json_response(body)
+    if s.degraded:
+        body["degraded_reason"] = s.degraded_reason
+    if PIPELINES[name].task == "binary":
+        body["probability"] = s.prediction
+    return body
 
 
 def _keys(app: web.Application, name: str) -> RedisKeys:
@@ -122,10 +199,11 @@ def _keys(app: web.Application, name: str) -> RedisKeys:
 
 async def similar_cases(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
-    return await similar.similar(request, PIPELINES[name], request.app[ENGINES][name],
+    return await similar.similar(request, PIPELINES[name], request.app[SCORERS][name].engine,
                                  request.app[REDIS], _keys(request.app, name))
 
 
+@requires("admin")
 async def forget_entity(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
     return await similar.forget_entity(request, PIPELINES[name], request.app[REDIS],
@@ -144,9 +222,11 @@ def _registry(app: web.Application):
 
 
 async def model_status(request: web.Request) -> web.Response:
-    """What serves, how each recent version did (prequential), and the registry."""
+    """What serves, how each recent version did (prequential), the traffic split, and the
+    registry."""
     name = _pipeline_or_404(request)
-    live: LiveModel = request.app[MODELS][name]
+    scorer: PipelineScorer = request.app[SCORERS][name]
+    live = scorer.champion
     raw = {k.decode(): v.decode()
            for k, v in (await request.app[REDIS].hgetall(_keys(request.app, name).learner)).items()}
     learner = {k: raw[k] for k in ("version", "revision", "updates", "duplicates",
@@ -156,6 +236,7 @@ async def model_status(request: web.Request) -> web.Response:
         "task": PIPELINES[name].task,
         "serving": {"version": live.current.version if live.current else None,
                     "published_at": live.current.published_at if live.current else None},
+        "traffic": scorer.split.model_dump() if scorer.split else None,
         "learner": learner,
         "prequential": json.loads(raw.get("metrics", "{}")),
         "feature_drift": json.loads(raw.get("feature_drift", "{}")),
@@ -172,23 +253,38 @@ async def model_status(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def _json_object(request: web.Request) -> dict:
+    try:
+        payload = decode_json(await request.read())
+    except InvalidRecord as exc:
+        raise _unprocessable(exc.errors) from None
+    if not isinstance(payload, dict):
+        raise _unprocessable({"$": "expected a JSON object"})
+    return payload
+
+
+def _unprocessable(fields: dict[str, str]) -> web.HTTPException:
+    exc = web.HTTPUnprocessableEntity(reason="invalid body")
+    exc.fields = fields
+    return exc
+
+
+@requires("admin")
 async def promote_model(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
-    try:
-        payload = await request.json()
-    except ValueError:
-        return error(422, "invalid body", {"$": "not valid JSON"})
-    version = payload.get("version") if isinstance(payload, dict) else None
+    version = (await _json_object(request)).get("version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**31:
         return error(422, "invalid body", {"version": "a registry version number is required"})
     return await _admin_action(request, lambda s, r: lifecycle.promote(s, r, name, version))
 
 
+@requires("admin")
 async def rollback_model(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
     return await _admin_action(request, lambda s, r: lifecycle.rollback(s, r, name))
 
 
+@requires("admin")
 async def retrain_model(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
     try:
@@ -211,10 +307,50 @@ async def _admin_action(request: web.Request, action) -> web.Response:
     return web.json_response({"champion": mv.to_dict(), "swap": "requested"}, status=202)
 
 
+@requires("admin")
+async def set_traffic(request: web.Request) -> web.Response:
+    """Serve a registry version as challenger: ``split`` (a canary, an A/B test) or
+    ``shadow``. Every API process picks it up within ``DRIFTLINE_MODEL_REFRESH_SECONDS``."""
+    name = _pipeline_or_404(request)
+    payload = await _json_object(request)
+    try:
+        request_ = TrafficRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise _unprocessable({".".join(map(str, e["loc"])) or "$": e["msg"]
+                              for e in exc.errors(include_url=False)}) from None
+    app = request.app
+    try:
+        registry = await asyncio.to_thread(_registry, app)
+        split = await set_split(app[SETTINGS], registry, name, request_.mode,
+                                request_.challenger, request_.percent, client=app[REDIS])
+    except KeyError as exc:
+        return error(404, str(exc).strip("'\""), {"challenger": "no such registry version"})
+    except Exception as exc:  # noqa: BLE001 - the registry is down: not the caller's fault
+        log.warning("could not load the challenger", exc_info=True)
+        return error(503, f"registry unavailable: {exc}")
+    log.info("%s: traffic %s", name, split.model_dump())
+    return web.json_response({"pipeline": name, "traffic": split.model_dump()}, status=202)
+
+
+@requires("admin")
+async def end_traffic(request: web.Request) -> web.Response:
+    name = _pipeline_or_404(request)
+    await set_split(request.app[SETTINGS], None, name, "off", client=request.app[REDIS])
+    return web.json_response({"pipeline": name, "traffic": None})
+
+
+# ---- open endpoints --------------------------------------------------------------------
+
 async def healthz(request: web.Request) -> web.Response:
-    models = {name: (live.current.version if live.current else None)
-              for name, live in request.app[MODELS].items()}
+    models = {name: (s.champion.current.version if s.champion.current else None)
+              for name, s in request.app[SCORERS].items()}
     return web.json_response({"status": "ok", "models": models})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from serving.openapi import document
+
+    return web.json_response(document(request.app[SETTINGS]))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -224,24 +360,38 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def _keep_models_fresh(app: web.Application) -> None:
     interval = app[SETTINGS].model_refresh_seconds
+    failing: set[str] = set()  # logged once when it starts failing, once when it recovers
     while True:
-        for name, live in app[MODELS].items():
+        for name, scorer in app[SCORERS].items():
             try:
-                if await live.refresh():
+                if await scorer.refresh():
                     m.MODEL_SWAPS.labels(name, "api").inc()
-                    log.info("serving %s model %s", name, live.current.version)
-            except Exception:  # noqa: BLE001 - keep serving the model we have
-                log.warning("could not refresh the %s model", name, exc_info=True)
+                    log.info("serving %s model %s", name, scorer.champion.current.version)
+            except Exception as exc:  # noqa: BLE001 - keep serving the model we have
+                if name not in failing:
+                    failing.add(name)
+                    log.warning("could not refresh the %s model, serving the one in memory: "
+                                "%r", name, exc)
+                continue
+            if name in failing:
+                failing.discard(name)
+                log.info("refreshing the %s model again", name)
         await asyncio.sleep(interval)
 
 
 async def _resources(app: web.Application):
-    client = connect(app[SETTINGS])
+    settings = app[SETTINGS]
+    client = connect(settings)
     app[REDIS] = client
-    app[MODELS] = {name: LiveModel(SnapshotStore(client, _keys(app, name))) for name in PIPELINES}
+    caches = Caches.from_settings(settings)
     app[SPACES] = {
-        name: EmbeddingSpace(app[SETTINGS], spec, EmbeddingStore(client, _keys(app, name)), "api")
+        name: EmbeddingSpace(settings, spec, EmbeddingStore(client, _keys(app, name)), "api")
         for name, spec in PIPELINES.items() if spec.embeddings is not None}
+    app[SCORERS] = {
+        name: PipelineScorer(settings, spec, client, caches,
+                             app[SPACES].get(name) if spec.embeddings
+                             and spec.embeddings.neighbour_feature else None)
+        for name, spec in PIPELINES.items()}
     refresher = asyncio.create_task(_keep_models_fresh(app))
     yield
     refresher.cancel()
@@ -253,18 +403,30 @@ async def _resources(app: web.Application):
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[observe_and_shape_errors], client_max_size=MAX_BODY_BYTES)
+    """The application; raises ValueError naming a malformed setting."""
+    tokens = parse_tokens(settings.api_tokens)
+    if not tokens.enabled:
+        log.warning("authentication is off: DRIFTLINE_API_TOKENS is empty, so anyone who "
+                    "reaches the API may score and act as admin")
+    app = web.Application(middlewares=[observe_and_shape_errors, authenticate],
+                          client_max_size=settings.api_max_body_bytes)
     app[SETTINGS] = settings
-    app[ENGINES] = {name: FeatureEngine(spec) for name, spec in PIPELINES.items()}
+    app[TOKENS] = tokens
+    app[OPEN_PATHS] = frozenset(p.strip() for p in settings.api_open_paths.split(",")
+                                if p.strip())
     app.cleanup_ctx.append(_resources)
+    # The batch route first: "{pipeline}" alone would match "fraud:batch".
+    app.router.add_post("/v1/score/{pipeline}:batch", score_batch)
     app.router.add_post("/v1/score/{pipeline}", score_event)
     app.router.add_get("/v1/models/{pipeline}", model_status)
-    # Admin actions; they will need the admin role once the API has authentication.
     app.router.add_post("/v1/models/{pipeline}/promote", promote_model)
     app.router.add_post("/v1/models/{pipeline}/rollback", rollback_model)
     app.router.add_post("/v1/models/{pipeline}/retrain", retrain_model)
+    app.router.add_put("/v1/models/{pipeline}/traffic", set_traffic)
+    app.router.add_delete("/v1/models/{pipeline}/traffic", end_traffic)
     app.router.add_post("/v1/similar/{pipeline}", similar_cases)
     app.router.add_delete("/v1/entities/{pipeline}/{entity}", forget_entity)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
     return app

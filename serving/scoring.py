@@ -1,0 +1,236 @@
+"""Scoring one pipeline's events in the API: features, model, explanation, fallback.
+
+:class:`PipelineScorer` is what ``POST /v1/score/<p>`` and its ``:batch`` form call; it
+knows nothing of HTTP. For each event it
+
+1. reads the entity's window state (the feature cache, else Redis) within the request's
+   deadline, and computes the features with the worker's own :class:`FeatureEngine`
+   (and the neighbour feature, within what is left of the deadline);
+2. picks the variant: the champion, or the challenger of a ``split`` for the entities it
+   serves (:mod:`serving.traffic`); in ``shadow`` mode it also scores the challenger,
+   for the metrics and the log only;
+3. scores with the model held in memory and explains the score
+   (:mod:`online_models.explain`), both through the inference cache.
+
+When the state is not there in time (Redis down or slow) or no model is loaded yet, the
+pipeline's fallback model answers from the event alone, and the score says ``degraded``
+with the reason (``driftline_api_degraded_total``). A pipeline without a fallback raises
+:class:`Unavailable` (a 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from driftline.config import Settings
+from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, TrafficStore
+from driftline.vectors import EmbeddingSpace
+from monitoring import metrics as m
+from online_models.explain import Contribution, contributions
+from online_models.spec import predict
+from serving.caches import CountingCache
+from serving.traffic import TrafficSplit
+from streams.declarations import PipelineSpec
+from streams.engine import FeatureEngine
+from streams.schemas import Record
+
+log = logging.getLogger(__name__)
+shadow_log = logging.getLogger("driftline.shadow")
+
+# What a Redis outage looks like from redis.asyncio: its own errors, or the socket's.
+UNAVAILABLE = (RedisError, OSError)
+WARN_EVERY = 10.0  # seconds between two log lines about the same outage
+
+
+class Unavailable(Exception):
+    """No answer can be given: the features or the model are missing and the pipeline
+    declares no fallback."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """One scored event, as the API returns it."""
+
+    event_id: str
+    entity: str
+    prediction: float
+    model_version: str
+    variant: str                      # champion, challenger, or fallback
+    features: dict[str, float]
+    contributions: list[Contribution] = field(default_factory=list)
+    entity_known: bool | None = None  # None: unknown, the state could not be read
+    degraded: bool = False
+    degraded_reason: str | None = None
+
+
+@dataclass
+class Caches:
+    """The caches of one API process, shared by its pipelines (keys name the pipeline)."""
+
+    features: CountingCache
+    inference: CountingCache
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Caches:
+        return cls(CountingCache("features", settings.feature_cache_size,
+                                 ttl=settings.feature_cache_ttl_seconds),
+                   CountingCache("inference", settings.inference_cache_size))
+
+
+class PipelineScorer:
+    def __init__(self, settings: Settings, spec: PipelineSpec, redis: Any, caches: Caches,
+                 space: EmbeddingSpace | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.deadline = settings.api_deadline_seconds
+        self.explain_top = settings.api_explain_top
+        keys = RedisKeys(settings.redis_prefix, spec.name)
+        self.engine = FeatureEngine(spec)
+        self.store = FeatureStore(redis, keys)
+        self.champion = LiveModel(SnapshotStore(redis, keys))
+        self.traffic = TrafficStore(redis, keys)
+        self.challenger = LiveModel(self.traffic.challenger)
+        self.split: TrafficSplit | None = None
+        # The newest fallback model loaded, kept through outages, and its version: the
+        # champion snapshot it came with.
+        self.fallback_model: Any = None
+        self.fallback_version = "prior"
+        self.caches = caches
+        self.space = space
+        self._warned_at = -WARN_EVERY
+
+    def _warn(self, message: str) -> None:
+        """Log an outage once per ``WARN_EVERY`` seconds, not once per request; the metrics
+        count every degraded answer."""
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            log.warning("%s: %s", self.name, message)
+
+    # ---- models: swapped in the background, never loaded by a request ------------------
+
+    async def refresh(self) -> bool:
+        """Load a newer champion (and its fallback) and the current split; whether the
+        champion changed."""
+        swapped = await self.champion.refresh()
+        if swapped and self.champion.current.fallback is not None:
+            self.fallback_model = self.champion.current.fallback
+            self.fallback_version = f"{self.champion.current.version}-fallback"
+        raw = await self.traffic.get()
+        self.split = TrafficSplit(**raw) if raw else None
+        if self.split is not None:
+            await self.challenger.refresh()
+        return swapped
+
+    # ---- scoring -----------------------------------------------------------------------
+
+    async def score(self, event: Record) -> Score:
+        return (await self.score_batch([event]))[0]
+
+    async def score_batch(self, events: list[Record]) -> list[Score]:
+        """Score ``events`` independently, each against its entity's stored state (an
+        event does not see the others of its batch: the API scores, it never applies)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline
+        entities = [self.spec.entity_of(e) for e in events]
+        try:
+            async with asyncio.timeout_at(deadline):
+                states = await self._states(entities)
+        except TimeoutError:
+            return [self._fallback(e, "features_timeout") for e in events]
+        except UNAVAILABLE as exc:
+            self._warn(f"feature store unavailable ({exc}); the fallback answers")
+            return [self._fallback(e, "features_unavailable") for e in events]
+        features = [self.engine.features_for(s, e) for s, e in zip(states, events, strict=True)]
+        if self.space is not None:
+            await asyncio.gather(*(self.space.add_neighbour_feature(
+                f, timeout=deadline - loop.time()) for f in features))
+        return [self._predict(e, entity, f, state is not None)
+                for e, entity, f, state in zip(events, entities, features, states, strict=True)]
+
+    async def _states(self, entities: list[str]) -> list[dict | None]:
+        cache = self.caches.features
+        found = [cache.get((self.name, entity)) for entity in entities]
+        missing = sorted({entity for entity, hit in zip(entities, found, strict=True)
+                          if hit is None})
+        if missing:
+            read = await (self.store.states(missing) if len(missing) > 1
+                          else _one(self.store.state(missing[0])))
+            fresh = dict(zip(missing, read, strict=True))
+            for entity, state in fresh.items():
+                cache.put((self.name, entity), (state,))  # a tuple: None is a valid state
+            found = [hit if hit is not None else (fresh[entity],)
+                     for entity, hit in zip(entities, found, strict=True)]
+        return [hit[0] for hit in found]
+
+    def _predict(self, event: Record, entity: str, features: dict[str, float],
+                 known: bool) -> Score:
+        champion = self.champion.current
+        if champion is None:
+            return self._fallback(event, "no_model")
+        split = self.split
+        challenger = self.challenger.current
+        if challenger is not None and (split is None or challenger.version != split.version):
+            challenger = None  # not the split's (yet): an older one, or the split is over
+        variant, served = "champion", champion
+        if challenger is not None and split.serves_challenger(entity):
+            variant, served = "challenger", challenger
+        value, explanation = self._infer(variant, served.model, served.version, features)
+        m.API_SCORES.labels(self.name, variant, "ok").inc()
+        m.API_SCORE_VALUE.labels(self.name, variant).observe(value)
+        if challenger is not None and split.mode == "shadow":
+            self._shadow(event, entity, features, value, champion.version, challenger)
+        return Score(self.spec.event_id_of(event), entity, value, served.version, variant,
+                     features, explanation, known)
+
+    def _shadow(self, event: Record, entity: str, features: dict[str, float],
+                served: float, served_version: str, challenger: Any) -> None:
+        value, _ = self._infer("shadow", challenger.model, challenger.version, features,
+                               explain=False)
+        m.API_SCORES.labels(self.name, "shadow", "ok").inc()
+        m.API_SCORE_VALUE.labels(self.name, "shadow").observe(value)
+        m.SHADOW_DIFFERENCE.labels(self.name).observe(abs(value - served))
+        shadow_log.info("shadow %s event=%s entity=%s champion=%s:%.6g challenger=%s:%.6g",
+                        self.name, self.spec.event_id_of(event), entity, served_version, served,
+                        challenger.version, value)
+
+    def _infer(self, variant: str, model: Any, version: str, features: dict[str, float],
+               explain: bool = True) -> tuple[float, list[Contribution]]:
+        key = (self.name, variant, version, tuple(features.items()), explain)
+        hit = self.caches.inference.get(key)
+        if hit is not None:
+            return hit
+        value = predict(model, self.spec.task, features)
+        explanation = contributions(model, self.spec.task, features, self.explain_top,
+                                    score=value) if explain else []
+        self.caches.inference.put(key, (value, explanation))
+        return value, explanation
+
+    def _fallback(self, event: Record, reason: str) -> Score:
+        policy = self.spec.fallback
+        m.DEGRADED.labels(self.name, reason).inc()
+        if policy is None:
+            raise Unavailable(f"{reason.replace('_', ' ')}, and {self.name} declares no "
+                              f"fallback model")
+        every = self.engine.features_for(None, event)  # what the event gives on its own
+        features = {k: every[k] for k in policy.features}
+        entity = self.spec.entity_of(event)
+        model = self.fallback_model
+        if model is None:
+            value, version, explanation = policy.prior, "prior", []
+        else:
+            version = self.fallback_version
+            value, explanation = self._infer("fallback", model, version, features)
+        m.API_SCORES.labels(self.name, "fallback", "degraded").inc()
+        return Score(self.spec.event_id_of(event), entity, value, version, "fallback",
+                     features, explanation, None, degraded=True, degraded_reason=reason)
+
+
+async def _one(state):
+    return [await state]
