@@ -24,8 +24,14 @@ from driftline.stores import RedisKeys
 from driftline.topic_reader import read_topic
 from driftline.vectors import blocking_client
 from monitoring.scrape import scrape
+from serving.auth import new_token
 from streams.catalog.fraud import FRAUD
 from streams.topics import PipelineTopics
+
+# The session API's tokens, one per role: its configuration holds only their hashes.
+_MINTED = {role: new_token(f"test-{role}", role) for role in ("scorer", "admin")}
+TOKENS = {role: token for role, (token, _) in _MINTED.items()}
+TOKEN_ENTRIES = ",".join(entry for _, entry in _MINTED.values())
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +46,8 @@ def settings(tmp_path_factory) -> Settings:
                            snapshot_every=50,
                            snapshot_seconds=0.5,
                            model_refresh_seconds=0.2,
-                           reconcile_seconds=2.0) as s:
+                           reconcile_seconds=2.0,
+                           api_tokens=TOKEN_ENTRIES) as s:
         ensure_pipeline_topics(s, "fraud")
         yield s
 
@@ -104,14 +111,18 @@ def redis_features(settings: Settings, pipeline: str, entities) -> dict[str, dic
     return out
 
 
-def call(url: str, payload: dict | bytes | None = None, method: str | None = None
-         ) -> tuple[int, dict]:
-    """An HTTP request with a JSON (or raw) body; the status and the decoded JSON answer."""
+def call(url: str, payload: dict | bytes | None = None, method: str | None = None,
+         token: str | None = TOKENS["admin"], context=None) -> tuple[int, dict]:
+    """An HTTP request with a JSON (or raw) body, as the admin unless ``token`` says
+    otherwise (None: no token); the status and the decoded JSON answer."""
     data = payload if isinstance(payload, bytes | None) else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"),
-                                 headers={"Content-Type": "application/json"})
+                                 headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())

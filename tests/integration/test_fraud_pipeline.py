@@ -96,9 +96,8 @@ def test_the_model_learned_exactly_one_update_per_label(settings, topics, run, w
     assert int(learner[b"updates"]) == N_EVENTS
     assert learner[b"version"].decode() == f"v0.{N_EVENTS}"
     # Prequential metrics of the version that served the scores, as the API reports them.
-    with urllib.request.urlopen(f"http://{settings.api_host}:{settings.api_port}"
-                                f"/v1/models/fraud", timeout=30) as resp:
-        status = json.loads(resp.read())
+    code, status = call(f"http://{settings.api_host}:{settings.api_port}/v1/models/fraud")
+    assert code == 200, status
     v0 = status["prequential"]["v0"]
     assert set(v0) == {"roc_auc", "log_loss", "accuracy", "labels"}
     assert v0["labels"] == N_EVENTS
@@ -174,7 +173,7 @@ def test_api_scores_card_testing_above_a_normal_purchase(settings, topics, run, 
     assert scores["card_testing"]["probability"] > scores["normal"]["probability"]
 
 
-def test_api_rejects_bad_input_with_a_json_4xx(api):
+def test_api_rejects_bad_input_with_a_json_4xx(settings, api):
     good = {"event_id": "e", "card_id": "c", "merchant_id": "m", "amount": 3.0, "ts": 1.7e9}
     body = post(f"{api}/v1/score/fraud", {**good, "amount": "3"}, 422)
     assert body["fields"] == {"amount": "Input should be a valid number"}
@@ -182,7 +181,8 @@ def test_api_rejects_bad_input_with_a_json_4xx(api):
     assert "ts" in body["fields"]
     assert "$" in post(f"{api}/v1/score/fraud", b"{oops", 422)["fields"]
     assert post(f"{api}/v1/score/nope", good, 404)["fields"] == {"pipeline": "not declared"}
-    assert post(f"{api}/v1/score/fraud", b"x" * 100_000, 413)["error"]
+    too_big = post(f"{api}/v1/score/fraud", b"x" * (settings.api_max_body_bytes + 1), 413)
+    assert too_big["fields"] == {"$": f"at most {settings.api_max_body_bytes} bytes"}
     with urllib.request.urlopen(f"{api}/healthz", timeout=5) as resp:
         assert json.loads(resp.read())["status"] == "ok"
     with urllib.request.urlopen(f"{api}/metrics", timeout=5) as resp:
