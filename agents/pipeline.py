@@ -441,7 +441,8 @@ class PipelineAgents:
         Callers hold ``self._learning``."""
         learner = self.learner
         await self.snapshots.publish(learner.model, learner.version, checkpoint=learner,
-                                     fallback=learner.fallback)
+                                     fallback=learner.fallback,
+                                     fallback_examples=learner.fallback_examples)
         self._published_updates = learner.updates
         self._published_at = time.time()
         by_version = learner.metrics_by_version()

@@ -84,7 +84,8 @@ async def publish(settings: Settings, seeded: Seeded) -> None:
                             state["newest"] or 0.0)
         learner = seeded.learner
         await SnapshotStore(client, keys).publish(learner.model, learner.version,
-                                                  fallback=learner.fallback)
+                                                  fallback=learner.fallback,
+                                                  fallback_examples=learner.fallback_examples)
     finally:
         await client.aclose()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,11 @@ class ModelSnapshot:
     model: Any
     version: str
     published_at: float
-    fallback: Any = None  # the pipeline's fallback model, learned beside this one
+    fallback: Any = None        # the pipeline's fallback model, learned beside this one
+    fallback_examples: int = 0  # how many labeled examples the fallback has learned
+    # Unique per publication: a rollback can publish a different model under a version
+    # string seen before (``v2.1000``), so caches and swaps key on this, not the version.
+    snapshot_id: str = ""
 
 
 class SnapshotStore:
@@ -133,7 +138,8 @@ class SnapshotStore:
         self.key = key or keys.model
 
     async def publish(self, model: Any, version: str, *, only_if_absent: bool = False,
-                      checkpoint: Any = None, fallback: Any = None) -> bool:
+                      checkpoint: Any = None, fallback: Any = None,
+                      fallback_examples: int = 0) -> bool:
         """Store ``model`` as ``version``; with ``only_if_absent``, only when none exists.
 
         A ``checkpoint`` (the learner, which knows the input offset its model reflects) is
@@ -141,9 +147,10 @@ class SnapshotStore:
         disagree after a crash."""
         # Both pickled before the first await: nothing can change them half-way.
         mapping = {"blob": pickle.dumps(model), "version": version,
-                   "published_at": repr(time.time())}
+                   "published_at": repr(time.time()), "id": uuid.uuid4().hex}
         if fallback is not None:
             mapping["fallback"] = pickle.dumps(fallback)
+            mapping["fallback_examples"] = str(fallback_examples)
         state = pickle.dumps(checkpoint) if checkpoint is not None else None
         if only_if_absent:
             # HSETNX on the version claims the key; the losers of a race write nothing.
@@ -161,17 +168,21 @@ class SnapshotStore:
         blob = await self.r.hget(self.keys.checkpoint, "state")
         return pickle.loads(blob) if blob is not None else None
 
-    async def version(self) -> str | None:
-        v = await self.r.hget(self.key, "version")
-        return v.decode() if v is not None else None
+    async def snapshot_id(self) -> str | None:
+        """The published snapshot's unique id (its version, for one published before ids)."""
+        found, version = await self.r.hmget(self.key, ["id", "version"])
+        value = found if found is not None else version
+        return value.decode() if value is not None else None
 
     async def load(self) -> ModelSnapshot | None:
-        blob, version, at, fallback = await self.r.hmget(
-            self.key, ["blob", "version", "published_at", "fallback"])
+        blob, version, at, fallback, examples, found = await self.r.hmget(
+            self.key, ["blob", "version", "published_at", "fallback", "fallback_examples",
+                       "id"])
         if blob is None or version is None:
             return None
         return ModelSnapshot(pickle.loads(blob), version.decode(), float(at or 0),
-                             pickle.loads(fallback) if fallback is not None else None)
+                             pickle.loads(fallback) if fallback is not None else None,
+                             int(examples or 0), (found or version).decode())
 
     async def delete(self) -> None:
         await self.r.delete(self.key)
@@ -251,8 +262,8 @@ class LiveModel:
 
     async def refresh(self) -> bool:
         """Load the published snapshot if it is newer than ours; return whether it was."""
-        version = await self.store.version()
-        if version is None or (self.current and self.current.version == version):
+        found = await self.store.snapshot_id()
+        if found is None or (self.current and self.current.snapshot_id == found):
             return False
         snap = await self.store.load()
         if snap is None:

@@ -47,6 +47,7 @@ class OnlineLearner:
     # the same examples and never swapped; a class default for checkpoints made before it.
     fallback: Any = None
     fallback_features: tuple[str, ...] = ()
+    fallback_examples = 0
 
     def __init__(self, spec: PipelineSpec, model: Any, *, revision: int = 0,
                  metric_window: int = 2000, dedupe_window: int = 20_000) -> None:
@@ -85,6 +86,7 @@ class OnlineLearner:
         if spec.fallback is not None and self.fallback is None:
             self.fallback = build_model(spec.fallback.model or spec.model)
             self.fallback_features = spec.fallback.features
+            self.fallback_examples = 0
 
     @property
     def version(self) -> str:
@@ -116,6 +118,7 @@ class OnlineLearner:
             self.fallback.learn_one(
                 {k: example.features[k] for k in self.fallback_features if k in example.features},
                 label)
+            self.fallback_examples += 1
         self.updates += 1
         return True
 

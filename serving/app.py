@@ -26,6 +26,7 @@ import logging
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from driftline.config import Settings
@@ -36,7 +37,7 @@ from online_models import lifecycle
 from serving import similar
 from serving.auth import Tokens, allows, parse_tokens
 from serving.errors import error
-from serving.scoring import Caches, PipelineScorer, Score, Unavailable
+from serving.scoring import UNAVAILABLE, Caches, PipelineScorer, Score, Unavailable
 from serving.similar import SPACES
 from serving.traffic import TrafficRequest, set_split
 from streams.pipelines import PIPELINES
@@ -53,7 +54,8 @@ OPEN_PATHS = web.AppKey("open_paths", frozenset)
 
 
 def requires(role: str):
-    """Mark a handler as needing ``role`` (handlers need ``scorer`` by default)."""
+    """Mark a handler as needing ``role``; an unmarked one needs ``admin`` (a route added
+    without thought is closed, not open)."""
     def mark(handler):
         handler.role = role
         return handler
@@ -71,6 +73,8 @@ async def observe_and_shape_errors(request: web.Request, handler):
     except web.HTTPRequestEntityTooLarge:
         response = error(413, "request body too large",
                          {"$": f"at most {request.app[SETTINGS].api_max_body_bytes} bytes"})
+    except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. a broken gzip body
+        response = error(400, "unreadable request body", {"$": str(exc) or type(exc).__name__})
     except web.HTTPException as exc:
         response = error(exc.status, exc.reason, getattr(exc, "fields", None))
         for name in ("Allow", "WWW-Authenticate"):
@@ -100,7 +104,7 @@ async def authenticate(request: web.Request, handler):
                          {"Authorization": "missing" if not header else "unknown token"})
         response.headers["WWW-Authenticate"] = 'Bearer realm="driftline"'
         return response
-    needed = getattr(request.match_info.handler, "role", "scorer")
+    needed = getattr(request.match_info.handler, "role", "admin")
     if not allows(who[1], needed):
         m.AUTH_FAILURES.labels("403").inc()
         return error(403, f"this needs the {needed} role",
@@ -120,25 +124,29 @@ def _pipeline_or_404(request: web.Request) -> str:
 
 # ---- scoring ------------------------------------------------------------------------------
 
+@requires("scorer")
 async def score_event(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
+    explain = _explain(request)
     try:
         event = parse(PIPELINES[name].event_type, await request.read())
     except InvalidRecord as exc:
         return error(422, "invalid event", exc.errors)
     try:
-        score = await request.app[SCORERS][name].score(event)
+        score = await request.app[SCORERS][name].score(event, explain)
     except Unavailable as exc:
         return error(503, str(exc))
     return web.json_response(_score_body(name, score))
 
 
+@requires("scorer")
 async def score_batch(request: web.Request) -> web.Response:
     """Up to ``DRIFTLINE_API_BATCH_MAX`` events in ``{"events": [...]}``, each scored as
     ``POST /v1/score/{pipeline}`` would; one invalid event fails the whole batch, with
     every bad field named by its index (``events.3.amount``)."""
     name = _pipeline_or_404(request)
     pipeline = PIPELINES[name]
+    explain = _explain(request)
     limit = request.app[SETTINGS].api_batch_max
     try:
         body = decode_json(await request.read())
@@ -162,12 +170,20 @@ async def score_batch(request: web.Request) -> web.Response:
         return error(422, "invalid events", errors)
     m.BATCH_SIZE.labels(name).observe(len(events))
     try:
-        scores = await request.app[SCORERS][name].score_batch(events)
+        scores = await request.app[SCORERS][name].score_batch(events, explain)
     except Unavailable as exc:
         return error(503, str(exc))
     return web.json_response({"pipeline": name,
                               "degraded": any(s.degraded for s in scores),
                               "results": [_score_body(name, s) for s in scores]})
+
+
+def _explain(request: web.Request) -> bool:
+    """``?explain=false`` leaves the contributions out (one prediction per feature saved)."""
+    value = request.query.get("explain", "true").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise _unprocessable({"explain": "true or false"})
+    return value in ("true", "1")
 
 
 def _score_body(name: str, s: Score) -> dict:
@@ -197,6 +213,7 @@ def _keys(app: web.Application, name: str) -> RedisKeys:
 
 # ---- embeddings: similar cases, erasure ---------------------------------------------------
 
+@requires("scorer")
 async def similar_cases(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
     return await similar.similar(request, PIPELINES[name], request.app[SCORERS][name].engine,
@@ -206,6 +223,8 @@ async def similar_cases(request: web.Request) -> web.Response:
 @requires("admin")
 async def forget_entity(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
+    # This process forgets the cached state now; the others within the cache's TTL.
+    request.app[SCORERS][name].evict(request.match_info["entity"])
     return await similar.forget_entity(request, PIPELINES[name], request.app[REDIS],
                                        _keys(request.app, name))
 
@@ -221,16 +240,20 @@ def _registry(app: web.Application):
     return app[REGISTRY]
 
 
+@requires("scorer")
 async def model_status(request: web.Request) -> web.Response:
     """What serves, how each recent version did (prequential), the traffic split, and the
     registry."""
     name = _pipeline_or_404(request)
     scorer: PipelineScorer = request.app[SCORERS][name]
     live = scorer.champion
-    raw = {k.decode(): v.decode()
-           for k, v in (await request.app[REDIS].hgetall(_keys(request.app, name).learner)).items()}
-    learner = {k: raw[k] for k in ("version", "revision", "updates", "duplicates",
-                                    "next_offset", "published_at") if k in raw}
+    try:
+        raw = {k.decode(): v.decode() for k, v in
+               (await request.app[REDIS].hgetall(_keys(request.app, name).learner)).items()}
+        learner = {k: raw[k] for k in ("version", "revision", "updates", "duplicates",
+                                        "next_offset", "published_at") if k in raw}
+    except UNAVAILABLE as exc:  # what this process holds is still worth having
+        raw, learner = {}, {"error": f"Redis unavailable: {type(exc).__name__}"}
     body = {
         "pipeline": name,
         "task": PIPELINES[name].task,
@@ -325,9 +348,12 @@ async def set_traffic(request: web.Request) -> web.Response:
                                 request_.challenger, request_.percent, client=app[REDIS])
     except KeyError as exc:
         return error(404, str(exc).strip("'\""), {"challenger": "no such registry version"})
-    except Exception as exc:  # noqa: BLE001 - the registry is down: not the caller's fault
+    except UNAVAILABLE:
+        log.warning("could not store the split", exc_info=True)
+        return error(503, "Redis unavailable: the split was not made; retry")
+    except Exception:  # noqa: BLE001 - the registry is down: not the caller's fault
         log.warning("could not load the challenger", exc_info=True)
-        return error(503, f"registry unavailable: {exc}")
+        return error(503, "model registry unavailable: the split was not made; retry")
     log.info("%s: traffic %s", name, split.model_dump())
     return web.json_response({"pipeline": name, "traffic": split.model_dump()}, status=202)
 
@@ -335,24 +361,31 @@ async def set_traffic(request: web.Request) -> web.Response:
 @requires("admin")
 async def end_traffic(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
-    await set_split(request.app[SETTINGS], None, name, "off", client=request.app[REDIS])
+    try:
+        await set_split(request.app[SETTINGS], None, name, "off", client=request.app[REDIS])
+    except UNAVAILABLE:
+        log.warning("could not end the split", exc_info=True)
+        return error(503, "Redis unavailable: the split goes on; retry")
     return web.json_response({"pipeline": name, "traffic": None})
 
 
 # ---- open endpoints --------------------------------------------------------------------
 
+@requires("scorer")
 async def healthz(request: web.Request) -> web.Response:
     models = {name: (s.champion.current.version if s.champion.current else None)
               for name, s in request.app[SCORERS].items()}
     return web.json_response({"status": "ok", "models": models})
 
 
+@requires("scorer")
 async def openapi(request: web.Request) -> web.Response:
     from serving.openapi import document
 
     return web.json_response(document(request.app[SETTINGS]))
 
 
+@requires("scorer")
 async def metrics(request: web.Request) -> web.Response:
     body, content_type = m.exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -392,6 +425,11 @@ async def _resources(app: web.Application):
                              app[SPACES].get(name) if spec.embeddings
                              and spec.embeddings.neighbour_feature else None)
         for name, spec in PIPELINES.items()}
+    # Load the models before the first request (bounded: Redis may be down, and then the
+    # fallback's prior answers until it is back).
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(s.refresh() for s in app[SCORERS].values()))
     refresher = asyncio.create_task(_keep_models_fresh(app))
     yield
     refresher.cancel()

@@ -30,7 +30,8 @@ ROLES = ("scorer", "admin")  # each role may do what the roles before it may
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogateescape: a header's undecodable bytes are an unknown token, not an error.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def new_token(name: str, role: str) -> tuple[str, str]:

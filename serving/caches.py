@@ -52,3 +52,7 @@ class CountingCache:
     def put(self, key: Hashable, value: Any) -> None:
         if self._cache is not None:
             self._cache[key] = value
+
+    def pop(self, key: Hashable) -> None:
+        if self._cache is not None:
+            self._cache.pop(key, None)

@@ -33,7 +33,7 @@ it as read-only.
 >>> body["properties"]["events"]["maxItems"]
 50
 >>> sorted(batch["responses"])
-['200', '401', '413', '422', '503']
+['200', '400', '401', '413', '422', '503']
 >>> doc["paths"]["/healthz"]["get"]["security"], batch["security"]
 ([], [{'bearerAuth': []}])
 >>> doc["components"]["schemas"]["Error"]["required"]
@@ -82,13 +82,15 @@ def _document(settings: Settings) -> dict[str, Any]:
         if describe is None:
             raise LookupError(f"{method} {template} ({handler.__name__}) is not described in "
                               f"serving/openapi.py")
-        role = getattr(handler, "role", ROLES[0])
+        role = getattr(handler, "role", ROLES[-1])  # as the API: unmarked needs admin
         for path, spec in _concrete(template):
             op = describe(_Context(settings, spec))
             if op is None:
                 continue
             op["operationId"] = handler.__name__ + (f"_{_id(spec.name)}" if spec else "")
             op["x-driftline-route"] = template  # the route this path is an instance of
+            if "requestBody" in op:
+                op["responses"].update(_errors(400))
             if path in open_paths:
                 op["security"] = []
             else:
@@ -173,6 +175,7 @@ class _Context:
 # ---- pieces of operations ---------------------------------------------------------------
 
 ERROR_TEXT = {
+    400: "The body could not be read (a broken compressed body, say).",
     401: "No bearer token, or an unknown one.",
     403: "The token's role may not do this.",
     404: "Not found (the field names what).",
@@ -181,6 +184,12 @@ ERROR_TEXT = {
          "DRIFTLINE_API_BATCH_MAX.",
     422: "Invalid input: each bad field with its reason (`$` for the body as a whole).",
     503: "A dependency is unavailable (not the caller's fault); retrying later may succeed.",
+}
+
+EXPLAIN = {
+    "name": "explain", "in": "query", "required": False,
+    "description": "false leaves the contributions out: one prediction per feature saved",
+    "schema": {"type": "string", "enum": ["true", "false", "1", "0"], "default": "true"},
 }
 
 TAGS = {
@@ -230,6 +239,7 @@ def _score_event(c: _Context) -> dict[str, Any]:
             "is scored, never applied), the model in memory, the top feature contributions. "
             "When the features or the model are not there in time, the pipeline's fallback "
             "model answers and the score is `degraded`, with the reason."),
+        "parameters": [EXPLAIN],
         "requestBody": _body(c.event()),
         "responses": {
             "200": _json(c.score(), "The score."),
@@ -248,6 +258,7 @@ def _score_batch(c: _Context) -> dict[str, Any]:
             "Each event scored as the single form would, independently of the others. One "
             "invalid event fails the whole batch, each bad field named by its index "
             "(`events.3.amount`)."),
+        "parameters": [EXPLAIN],
         "requestBody": _body({
             "type": "object",
             "required": ["events"],
@@ -374,7 +385,8 @@ def _end_traffic(c: _Context) -> dict[str, Any]:
     return {
         "tags": ["models"],
         "summary": f"End the {c.name} traffic split: the champion serves everything",
-        "responses": {"200": _json(_traffic(c, {"type": "null"}), "The split is over.")},
+        "responses": {"200": _json(_traffic(c, {"type": "null"}), "The split is over."),
+                      **_errors(503, _503="Redis is unavailable: the split goes on.")},
     }
 
 

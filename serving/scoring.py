@@ -29,10 +29,18 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from driftline.config import Settings
-from driftline.stores import FeatureStore, LiveModel, RedisKeys, SnapshotStore, TrafficStore
+from driftline.stores import (
+    FeatureStore,
+    LiveModel,
+    ModelSnapshot,
+    RedisKeys,
+    SnapshotStore,
+    TrafficStore,
+)
 from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
 from online_models.explain import Contribution, contributions
+from online_models.learner import revision_of
 from online_models.spec import predict
 from serving.caches import CountingCache
 from serving.traffic import TrafficSplit
@@ -46,6 +54,11 @@ shadow_log = logging.getLogger("driftline.shadow")
 # What a Redis outage looks like from redis.asyncio: its own errors, or the socket's.
 UNAVAILABLE = (RedisError, OSError)
 WARN_EVERY = 10.0  # seconds between two log lines about the same outage
+# After this many reads in a row fail, Redis is left alone for a while: every request
+# would otherwise open a connection to a Redis that is already down or struggling (a
+# timed-out command costs its connection). One slow read opens nothing.
+BREAKER_FAILURES = 3
+BREAKER_SECONDS = 1.0
 
 
 class Unavailable(Exception):
@@ -97,10 +110,14 @@ class PipelineScorer:
         self.traffic = TrafficStore(redis, keys)
         self.challenger = LiveModel(self.traffic.challenger)
         self.split: TrafficSplit | None = None
-        # The newest fallback model loaded, kept through outages, and its version: the
-        # champion snapshot it came with.
+        # The newest fallback model loaded (once it has learned enough), kept through
+        # outages, and the snapshot it came with.
         self.fallback_model: Any = None
         self.fallback_version = "prior"
+        self.fallback_id = "prior"
+        self._failures = 0          # reads failed in a row
+        self._open_until = 0.0      # the breaker: no reads before this (monotonic)
+        self._open_reason = ""
         self.caches = caches
         self.space = space
         self._warned_at = -WARN_EVERY
@@ -119,9 +136,13 @@ class PipelineScorer:
         """Load a newer champion (and its fallback) and the current split; whether the
         champion changed."""
         swapped = await self.champion.refresh()
-        if swapped and self.champion.current.fallback is not None:
-            self.fallback_model = self.champion.current.fallback
-            self.fallback_version = f"{self.champion.current.version}-fallback"
+        snap = self.champion.current
+        policy = self.spec.fallback
+        if swapped and snap.fallback is not None and policy is not None \
+                and snap.fallback_examples >= policy.min_examples:
+            self.fallback_model = snap.fallback
+            self.fallback_version = f"{snap.version}-fallback"
+            self.fallback_id = snap.snapshot_id
         raw = await self.traffic.get()
         self.split = TrafficSplit(**raw) if raw else None
         if self.split is not None:
@@ -130,29 +151,47 @@ class PipelineScorer:
 
     # ---- scoring -----------------------------------------------------------------------
 
-    async def score(self, event: Record) -> Score:
-        return (await self.score_batch([event]))[0]
+    async def score(self, event: Record, explain: bool = True) -> Score:
+        return (await self.score_batch([event], explain))[0]
 
-    async def score_batch(self, events: list[Record]) -> list[Score]:
+    async def score_batch(self, events: list[Record], explain: bool = True) -> list[Score]:
         """Score ``events`` independently, each against its entity's stored state (an
-        event does not see the others of its batch: the API scores, it never applies)."""
+        event does not see the others of its batch: the API scores, it never applies).
+        ``explain=False`` leaves the contributions out (they cost one prediction per
+        feature)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline
         entities = [self.spec.entity_of(e) for e in events]
+        if loop.time() < self._open_until:
+            return [self._fallback(e, self._open_reason, explain) for e in events]
         try:
             async with asyncio.timeout_at(deadline):
                 states = await self._states(entities)
         except TimeoutError:
-            return [self._fallback(e, "features_timeout") for e in events]
+            self._failed("features_timeout")
+            return [self._fallback(e, "features_timeout", explain) for e in events]
         except UNAVAILABLE as exc:
+            self._failed("features_unavailable")
             self._warn(f"feature store unavailable ({exc}); the fallback answers")
-            return [self._fallback(e, "features_unavailable") for e in events]
+            return [self._fallback(e, "features_unavailable", explain) for e in events]
+        self._failures = 0
         features = [self.engine.features_for(s, e) for s, e in zip(states, events, strict=True)]
         if self.space is not None:
             await asyncio.gather(*(self.space.add_neighbour_feature(
                 f, timeout=deadline - loop.time()) for f in features))
-        return [self._predict(e, entity, f, state is not None)
+        return [self._predict(e, entity, f, state is not None, explain)
                 for e, entity, f, state in zip(events, entities, features, states, strict=True)]
+
+    def _failed(self, reason: str) -> None:
+        self._failures += 1
+        if self._failures >= BREAKER_FAILURES:
+            self._open_until = asyncio.get_running_loop().time() + BREAKER_SECONDS
+            self._open_reason = reason
+            self._failures = 0
+
+    def evict(self, entity: str) -> None:
+        """Forget the entity's cached state (it was erased)."""
+        self.caches.features.pop((self.name, entity))
 
     async def _states(self, entities: list[str]) -> list[dict | None]:
         cache = self.caches.features
@@ -170,18 +209,21 @@ class PipelineScorer:
         return [hit[0] for hit in found]
 
     def _predict(self, event: Record, entity: str, features: dict[str, float],
-                 known: bool) -> Score:
+                 known: bool, explain: bool) -> Score:
         champion = self.champion.current
         if champion is None:
-            return self._fallback(event, "no_model")
+            return self._fallback(event, "no_model", explain)
         split = self.split
         challenger = self.challenger.current
-        if challenger is not None and (split is None or challenger.version != split.version):
-            challenger = None  # not the split's (yet): an older one, or the split is over
+        if challenger is not None and (split is None or challenger.version != split.version
+                                       or revision_of(champion.version) == split.version):
+            # Not the split's (yet): an older one, or the split is over; or the challenger
+            # was promoted, and the champion (learning since) serves everyone.
+            challenger = None
         variant, served = "champion", champion
         if challenger is not None and split.serves_challenger(entity):
             variant, served = "challenger", challenger
-        value, explanation = self._infer(variant, served.model, served.version, features)
+        value, explanation = self._infer(variant, served, features, explain)
         m.API_SCORES.labels(self.name, variant, "ok").inc()
         m.API_SCORE_VALUE.labels(self.name, variant).observe(value)
         if challenger is not None and split.mode == "shadow":
@@ -191,8 +233,7 @@ class PipelineScorer:
 
     def _shadow(self, event: Record, entity: str, features: dict[str, float],
                 served: float, served_version: str, challenger: Any) -> None:
-        value, _ = self._infer("shadow", challenger.model, challenger.version, features,
-                               explain=False)
+        value, _ = self._infer("shadow", challenger, features, explain=False)
         m.API_SCORES.labels(self.name, "shadow", "ok").inc()
         m.API_SCORE_VALUE.labels(self.name, "shadow").observe(value)
         m.SHADOW_DIFFERENCE.labels(self.name).observe(abs(value - served))
@@ -200,9 +241,16 @@ class PipelineScorer:
                         self.name, self.spec.event_id_of(event), entity, served_version, served,
                         challenger.version, value)
 
-    def _infer(self, variant: str, model: Any, version: str, features: dict[str, float],
-               explain: bool = True) -> tuple[float, list[Contribution]]:
-        key = (self.name, variant, version, tuple(features.items()), explain)
+    def _infer(self, variant: str, snap: ModelSnapshot, features: dict[str, float],
+               explain: bool) -> tuple[float, list[Contribution]]:
+        return self._infer_with(variant, snap.model, snap.snapshot_id, features, explain)
+
+    def _infer_with(self, variant: str, model: Any, snapshot_id: str,
+                    features: dict[str, float], explain: bool
+                    ) -> tuple[float, list[Contribution]]:
+        # The snapshot's unique id, not its version: a rollback may publish another model
+        # under a version string served before.
+        key = (self.name, variant, snapshot_id, tuple(features.items()), explain)
         hit = self.caches.inference.get(key)
         if hit is not None:
             return hit
@@ -212,7 +260,7 @@ class PipelineScorer:
         self.caches.inference.put(key, (value, explanation))
         return value, explanation
 
-    def _fallback(self, event: Record, reason: str) -> Score:
+    def _fallback(self, event: Record, reason: str, explain: bool = True) -> Score:
         policy = self.spec.fallback
         m.DEGRADED.labels(self.name, reason).inc()
         if policy is None:
@@ -226,7 +274,8 @@ class PipelineScorer:
             value, version, explanation = policy.prior, "prior", []
         else:
             version = self.fallback_version
-            value, explanation = self._infer("fallback", model, version, features)
+            value, explanation = self._infer_with("fallback", model, self.fallback_id, features,
+                                                  explain)
         m.API_SCORES.labels(self.name, "fallback", "degraded").inc()
         return Score(self.spec.event_id_of(event), entity, value, version, "fallback",
                      features, explanation, None, degraded=True, degraded_reason=reason)

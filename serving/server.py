@@ -1,16 +1,20 @@
 """Running the API: ``driftline serve [--workers N]``.
 
 One process serves with aiohttp's own runner. With N > 1 this process becomes a small
-supervisor: it starts N API processes that all listen on the same port (``SO_REUSEPORT``:
-the kernel spreads connections over them), restarts one that dies, and stops them all on
-SIGTERM or SIGINT. Their Prometheus metrics are kept in ``PROMETHEUS_MULTIPROC_DIR``
-files, so ``/metrics`` on any of them reports the whole pool.
+supervisor: it opens the listening socket itself, forks N API processes that all accept
+on it (the kernel hands each connection to one of them), restarts one that dies, and stops
+them all on SIGTERM or SIGINT. One socket, opened once, means a port another server holds
+is refused at start, a restart never waits for ``TIME_WAIT``, and a process that dies
+loses only its own connections, not a share of the queue. The API processes exit if the
+supervisor dies (``PR_SET_PDEATHSIG``). Their Prometheus metrics are kept in
+``PROMETHEUS_MULTIPROC_DIR`` files, so ``/metrics`` on any of them reports the whole pool.
 
 HTTPS replaces HTTP when ``DRIFTLINE_API_TLS_CERT`` and ``DRIFTLINE_API_TLS_KEY`` are set.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -26,6 +30,7 @@ log = logging.getLogger("driftline.serve")
 
 # A process that dies this often within a minute is not restarted again: the pool stops.
 MAX_RESTARTS_PER_MINUTE = 5
+PR_SET_PDEATHSIG = 1
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -46,36 +51,44 @@ def configure_logging(settings: Settings) -> None:
                         format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")
 
 
-def serve_one(settings: Settings, host: str, port: int, reuse_port: bool = False) -> None:
-    """Serve in this process until SIGTERM or SIGINT."""
+def serve_one(settings: Settings, host: str, port: int,
+              sock: socket.socket | None = None) -> None:
+    """Serve in this process until SIGTERM or SIGINT; on ``sock`` when given (a pool's)."""
     from aiohttp import web
 
     from serving.app import create_app
 
     configure_logging(settings)
-    web.run_app(create_app(settings), host=host, port=port, ssl_context=ssl_context(settings),
-                reuse_port=reuse_port, access_log=None, print=None)
+    where = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    web.run_app(create_app(settings), ssl_context=ssl_context(settings), access_log=None,
+                print=None, **where)
 
 
 def serve(settings: Settings, host: str, port: int, workers: int) -> int:
-    """Serve with ``workers`` processes; the exit status."""
+    """Serve with ``workers`` processes; the exit status. ValueError names a bad setting."""
+    from serving.auth import parse_tokens
+
     configure_logging(settings)
-    ssl_context(settings)  # a bad certificate fails here, once, not in every process
+    parse_tokens(settings.api_tokens)  # bad settings fail here, once, not in every process
+    ssl_context(settings)
     if workers <= 1:
         serve_one(settings, host, port)
         return 0
-    _check_port_free(host, port)
+    sock = _listen(host, port)
     metrics_dir = settings.data_dir / "api-metrics" / str(port)
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by the processes
+    # Set before the API processes import prometheus_client (they are forked, and this
+    # process never imports the metrics).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from prometheus_client import multiprocess
 
-    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop
+    # Forked, so that they inherit the socket; this process has no threads or event loop.
+    fork = multiprocessing.get_context("fork")
 
     def start(i: int) -> multiprocessing.Process:
-        proc = spawn.Process(target=serve_one, args=(settings, host, port, True),
-                             name=f"driftline-api-{i}")
+        proc = fork.Process(target=_api_process, args=(settings, host, port, sock),
+                            name=f"driftline-api-{i}")
         proc.start()
         return proc
 
@@ -116,14 +129,40 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
         if proc.is_alive():
             proc.kill()
             proc.join()
+    sock.close()
     return status
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Refuse a port another server holds: with SO_REUSEPORT, the pool would silently
-    share its traffic with that server."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise SystemExit(f"error: cannot serve on {host}:{port}: {exc.strerror}") from None
+def _api_process(settings: Settings, host: str, port: int, sock: socket.socket) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # aiohttp installs its own handlers
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    serve_one(settings, host, port, sock)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for a SIGTERM when the supervisor dies, however it dies (no orphans left
+    serving the port unmanaged)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: orphans are possible
+        log.warning("cannot ask to die with the supervisor on this system")
+    if os.getppid() == 1:  # the supervisor died before the request
+        os._exit(0)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The pool's listening socket. ``SO_REUSEADDR`` lets a restart bind over the last
+    run's ``TIME_WAIT`` connections; without ``SO_REUSEPORT`` a port that another server
+    holds is refused instead of silently shared."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"error: cannot serve on {host}:{port}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock

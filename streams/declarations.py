@@ -170,11 +170,13 @@ class FallbackPolicy:
     on its own, with no entity history (``Raw`` ones, and ``Derived`` ones of them). The
     learner trains it on every labeled example beside the champion and publishes it with
     each snapshot; before the first one, the answer is ``prior`` (the base rate of a
-    binary task, a typical value of a regression)."""
+    binary task, a typical value of a regression), and so it is until the model has
+    learned ``min_examples`` (a model of a few labels answers near 0.5, or near 0)."""
 
     features: tuple[str, ...]
     prior: float
     model: str | None = None  # a key of online_models.spec.MODELS; default: the pipeline's
+    min_examples: int = 500
 
 
 @dataclass(frozen=True)
