@@ -87,7 +87,7 @@ class Settings:
     # Any other call to Milvus fails after this long (DRIFTLINE_MILVUS_TIMEOUT_SECONDS).
     milvus_timeout_seconds: float = 30.0
     # ---- the scoring API -------------------------------------------------------------
-    # Processes of `driftline serve`, all on one port (SO_REUSEPORT) (DRIFTLINE_API_WORKERS).
+    # Processes of `driftline serve`, accepting on one socket (DRIFTLINE_API_WORKERS).
     api_workers: int = 1
     # Bearer tokens, comma-separated `name:role:sha256hex` entries (role: scorer or admin;
     # `driftline token` makes one). Only hashes are configured, never tokens. Empty: no
@@ -111,11 +111,11 @@ class Settings:
     # The feature cache in front of Redis: entities held, and for how long. A cached state
     # may miss events of its last TTL; 0 turns the cache off
     # (DRIFTLINE_FEATURE_CACHE_SIZE, DRIFTLINE_FEATURE_CACHE_TTL_SECONDS).
-    feature_cache_size: int = 100_000
+    feature_cache_size: int = 10_000
     feature_cache_ttl_seconds: float = 0.5
-    # The inference cache: scores and explanations by model version and feature vector;
-    # 0 turns it off (DRIFTLINE_INFERENCE_CACHE_SIZE).
-    inference_cache_size: int = 100_000
+    # The inference cache: scores and explanations by model snapshot and feature vector
+    # (about 2 KB an entry); 0 turns it off (DRIFTLINE_INFERENCE_CACHE_SIZE).
+    inference_cache_size: int = 10_000
     # The retrainer's HTTP port, which serves its /metrics (DRIFTLINE_RETRAINER_PORT).
     retrainer_port: int = 6067
     # Log level of the services (DRIFTLINE_LOG_LEVEL).
