@@ -177,6 +177,8 @@ def _fraud_showcase(settings: Settings, api_url: str, run_id: str, pipeline: str
         print(f"{name:>13}: probability {body['probability']:.3f} (model {body['model_version']};"
               f" amount {f['amount']:.2f}, {f['count_1m']:.0f} txns in the last minute, "
               f"{f['distinct_merchants_10m']:.0f} merchants in 10 min)", flush=True)
+        print(f"{'':>13}  why: " + ", ".join(f"{c['feature']} {c['contribution']:+.3f}"
+                                            for c in body["contributions"][:3]), flush=True)
     neighbour = PIPELINES[pipeline].embeddings.neighbour_feature
     if neighbour:
         print(f"{'':>13}  the neighbour feature {neighbour}: card testing "
