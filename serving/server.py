@@ -1,13 +1,16 @@
 """Running the API: ``driftline serve [--workers N]``.
 
 One process serves with aiohttp's own runner. With N > 1 this process becomes a small
-supervisor: it opens the listening socket itself, forks N API processes that all accept
-on it (the kernel hands each connection to one of them), restarts one that dies, and stops
-them all on SIGTERM or SIGINT. One socket, opened once, means a port another server holds
-is refused at start, a restart never waits for ``TIME_WAIT``, and a process that dies
-loses only its own connections, not a share of the queue. The API processes exit if the
-supervisor dies (``PR_SET_PDEATHSIG``). Their Prometheus metrics are kept in
-``PROMETHEUS_MULTIPROC_DIR`` files, so ``/metrics`` on any of them reports the whole pool.
+supervisor. It opens N listening sockets on the port itself, with ``SO_REUSEPORT`` (the
+kernel spreads new connections over them by a hash of the connection: even when a few
+keep-alive clients make all the traffic, which one shared socket was not), and forks N API
+processes, one per socket. It restarts a process that dies on the same socket, which it
+keeps open meanwhile: connections hashed to it wait in its queue for the replacement
+instead of being refused. It stops them all on SIGTERM or SIGINT, and they exit if it dies
+(``PR_SET_PDEATHSIG``). Before it binds, it checks that nothing listens on the port: the
+kernel lets another ``SO_REUSEPORT`` socket of the same user share it silently.
+Their Prometheus metrics are kept in ``PROMETHEUS_MULTIPROC_DIR`` files, so ``/metrics``
+on any of them reports the whole pool.
 
 HTTPS replaces HTTP when ``DRIFTLINE_API_TLS_CERT`` and ``DRIFTLINE_API_TLS_KEY`` are set.
 """
@@ -74,7 +77,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     if workers <= 1:
         serve_one(settings, host, port)
         return 0
-    sock = _listen(host, port)
+    socks = _listen(host, port, workers)
     metrics_dir = settings.data_dir / "api-metrics" / str(port)
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
@@ -87,7 +90,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     fork = multiprocessing.get_context("fork")
 
     def start(i: int) -> multiprocessing.Process:
-        proc = fork.Process(target=_api_process, args=(settings, host, port, sock),
+        proc = fork.Process(target=_api_process, args=(settings, host, port, socks, i),
                             name=f"driftline-api-{i}")
         proc.start()
         return proc
@@ -129,15 +132,21 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
         if proc.is_alive():
             proc.kill()
             proc.join()
-    sock.close()
+    for sock in socks:
+        sock.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 
 
-def _api_process(settings: Settings, host: str, port: int, sock: socket.socket) -> None:
+def _api_process(settings: Settings, host: str, port: int, socks: list[socket.socket],
+                 i: int) -> None:
     _die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # aiohttp installs its own handlers
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    serve_one(settings, host, port, sock)
+    for j, other in enumerate(socks):
+        if j != i:
+            other.close()  # the supervisor keeps them; this process accepts on its own
+    serve_one(settings, host, port, socks[i])
 
 
 def _die_with_parent() -> None:
@@ -152,17 +161,22 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """The pool's listening socket. ``SO_REUSEADDR`` lets a restart bind over the last
-    run's ``TIME_WAIT`` connections; without ``SO_REUSEPORT`` a port that another server
-    holds is refused instead of silently shared."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
+def _listen(host: str, port: int, n: int) -> list[socket.socket]:
+    """The pool's ``n`` listening sockets. ``SO_REUSEADDR`` lets a restart bind over the last
+    run's ``TIME_WAIT`` connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:  # no SO_REUSEPORT: fails if anything listens
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"error: cannot serve on {host}:{port}: {exc.strerror}") from None
+    socks = []
+    for _ in range(n):
+        sock = socket.socket(family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise SystemExit(f"error: cannot serve on {host}:{port}: {exc.strerror}") from None
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
+        sock.listen(1024)
+        socks.append(sock)
+    return socks

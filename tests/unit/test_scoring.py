@@ -75,10 +75,15 @@ async def test_failures_in_a_row_open_the_breaker_and_spare_the_store():
     store = Store(error=ConnectionError("refused"))
     s = scorer(store)
     s.champion.current = ModelSnapshot(trained(900.0), "v0.300", 0.0, snapshot_id="a")
-    for _ in range(BREAKER_FAILURES + 3):
+    # Reads failing together (in flight at once) are one failure, not three.
+    scores = await asyncio.gather(*(s.score(payment(f"c{i}")) for i in range(5)))
+    assert {x.degraded_reason for x in scores} == {"features_unavailable"}
+    assert s._open_until == 0.0
+    for _ in range(BREAKER_FAILURES + 3):  # failures at separate moments open it
+        await asyncio.sleep(s.deadline)
         score = await s.score(payment())
         assert score.degraded_reason == "features_unavailable"
-    assert store.reads == BREAKER_FAILURES  # the breaker answered the rest
+    assert store.reads == 5 + BREAKER_FAILURES - 1  # the breaker answered the rest
     store.error = None
     s._open_until = 0.0  # the cool-down is over
     assert not (await s.score(payment())).degraded
