@@ -94,7 +94,7 @@ class Settings:
     # authentication, and the API says so in its log (DRIFTLINE_API_TOKENS).
     api_tokens: str = ""
     # Paths served without a token, comma-separated (DRIFTLINE_API_OPEN_PATHS).
-    api_open_paths: str = "/healthz,/metrics,/openapi.json"
+    api_open_paths: str = "/healthz,/metrics,/openapi.json,/dashboard,/dashboard/data"
     # TLS: a PEM certificate (chain) and its key; both set means HTTPS only
     # (DRIFTLINE_API_TLS_CERT, DRIFTLINE_API_TLS_KEY).
     api_tls_cert: str = ""

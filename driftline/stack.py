@@ -302,18 +302,24 @@ log.retention.hours=168
 
 def ensure_redis_server() -> str:
     """The path of ``redis-server``, installing Debian's package when it is missing."""
-    found = shutil.which("redis-server")
+    return ensure_debian_binary("redis-server", "redis-server")
+
+
+def ensure_debian_binary(binary: str, package: str) -> str:
+    """The path of ``binary``, installing Debian's ``package`` when it is missing (as root,
+    or with passwordless sudo): the machines this runs on reach Debian's archive."""
+    found = shutil.which(binary)
     if found:
         return found
     prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("redis: installing Debian's redis-server", flush=True)
+    print(f"{binary}: installing Debian's {package}", flush=True)
     subprocess.run([*prefix, "apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run([*prefix, "apt-get", "install", "-y", "-qq", "redis-server"], check=True,
-                   env=env)
-    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    subprocess.run([*prefix, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                    package], check=True, env=env)
+    found = shutil.which(binary) or f"/usr/bin/{binary}"
     if not Path(found).exists():
-        raise StackError("redis: redis-server is still missing after apt-get install")
+        raise StackError(f"{binary} is still missing after apt-get install {package}")
     return found
 
 

@@ -57,6 +57,11 @@ JOIN_EXPIRED = Counter("driftline_join_expired_total",
                        "Snapshots or labels dropped after the label-delay bound without a match",
                        ["pipeline", "kind"])
 
+CONSUMER_LAG = Gauge("driftline_consumer_lag",
+                     "Records in a partition the worker has not processed yet (the partition's "
+                     "end offset minus the next offset to process), per assigned partition",
+                     ["pipeline", "topic", "partition"])
+
 # ---- learner ------------------------------------------------------------------------
 LABELS_LEARNED = Counter("driftline_labels_learned_total",
                          "Training examples applied to the online model", ["pipeline"])
@@ -131,6 +136,10 @@ ENTITIES_FORGOTTEN = Counter("driftline_entities_forgotten_total",
                              "Entities erased on request (features and vectors)", ["pipeline"])
 
 # ---- scoring (worker and API) --------------------------------------------------------
+MODEL_VERSION = Gauge("driftline_model_version_info",
+                      "1 for the model version a scoring process serves now (the label carries "
+                      "it; older versions' series are removed on a swap)",
+                      ["pipeline", "process", "version"], multiprocess_mode="liveall")
 MODEL_SWAPS = Counter("driftline_model_swaps_total",
                       "Newer model snapshots loaded by a scoring process",
                       ["pipeline", "process"])
