@@ -107,6 +107,12 @@ class GapFiller:
                                                                 r.timestamp))
                 for r in records]
 
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        """The next offset to process on a partition: after the last one an agent saw, or
+        the committed one before it saw any."""
+        last = self._last.get((topic, partition))
+        return last + 1 if last is not None else self._committed(topic, partition)
+
     def _committed(self, topic: str, partition: int) -> int | None:
         from faust.types import TP
 

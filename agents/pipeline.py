@@ -18,6 +18,7 @@ message with more (its issue 606), and at-least-once matters here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import heapq
 import json
@@ -42,8 +43,9 @@ from driftline.stores import (
 from driftline.topic_reader import read_range, watermarks
 from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
+from monitoring.logs import annotate, bound
 from online_models import evaluation
-from online_models.learner import OnlineLearner
+from online_models.learner import OnlineLearner, revision_of
 from online_models.spec import build_model, predict
 from streams.declarations import PipelineSpec
 from streams.engine import DuplicateEvent, FeatureEngine, LateEvent
@@ -59,6 +61,8 @@ from streams.schemas import (
 from streams.topics import PipelineTopics
 
 log = logging.getLogger(__name__)
+# How often each pipeline reports its consumer lag.
+LAG_SECONDS = 5.0
 
 
 def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -116,6 +120,7 @@ class PipelineAgents:
         app.timer(settings.model_refresh_seconds)(self.refresh_model)
         app.timer(settings.snapshot_seconds)(self.publish_if_due)
         app.timer(settings.reconcile_seconds)(self.reconcile)
+        app.timer(LAG_SECONDS)(self.report_lag)
         if pipeline.embeddings is not None:
             from agents.embedding import EmbeddingAgent
 
@@ -148,21 +153,51 @@ class PipelineAgents:
         """Make sure a model exists before the first event is scored."""
         await self.snapshots.publish(build_model(self.p.model), "v0.0", only_if_absent=True)
         self.live = LiveModel(self.snapshots)
-        await self.live.refresh()
+        if await self.live.refresh():
+            m.serving(self.name, "worker", revision_of(self.live.current.version), None)
         # Open the registry (MLflow's import, the database) in the background now, so that a
         # promotion pauses learning for the load of one model only.
         asyncio.get_running_loop().run_in_executor(None, self._open_registry)
 
+    async def report_lag(self, *_: Any) -> None:
+        """``driftline_consumer_lag`` of each partition of this pipeline's inputs this worker
+        holds: the partition's end (as the consumer last fetched it) minus the next offset
+        to process (the learner's own for the training topic)."""
+        consumer = self.app.consumer
+        inputs = {self.topics.events, self.topics.labels, self.topics.join,
+                  self.topics.training, self.topics.control}
+        for tp in consumer.assignment():
+            if tp.topic not in inputs:
+                continue
+            try:
+                end = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not fetched yet, or a rebalance under way
+                continue
+            if tp.topic == self.topics.training and self.learner is not None \
+                    and self.learner.next_offset is not None:
+                done = self.learner.next_offset
+            else:
+                done = self.gaps.next_offset(tp.topic, tp.partition)
+            if end is not None and done is not None and done >= 0:
+                m.CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(
+                    max(0, end - done))
+
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         self.gaps.forget(revoked)
+        for tp in revoked:  # another worker reports it now
+            with contextlib.suppress(KeyError):
+                m.CONSUMER_LAG.remove(self.name, tp.topic, str(tp.partition))
         if any(tp.topic == self.topics.training for tp in revoked):
             # Another worker learns now; should the partition come back, resume from the
             # checkpoint, not from a learner that stopped somewhere in between.
             self.learner = None
 
     async def refresh_model(self, *_: Any) -> None:
+        before = self.live.current if self.live is not None else None
         if self.live is not None and await self.live.refresh():
             m.MODEL_SWAPS.labels(self.name, "worker").inc()
+            m.serving(self.name, "worker", revision_of(self.live.current.version),
+                      revision_of(before.version) if before else None)
 
     @functools.cached_property
     def embedding_store(self) -> EmbeddingStore:
@@ -179,6 +214,7 @@ class PipelineAgents:
         started = time.perf_counter()
         record = parse(self.p.event_type, event.value)
         entity = self.p.entity_of(record)
+        annotate(event_id=self.p.event_id_of(record), entity=entity)
         event_time = self.p.time_of(record)
         prior = self.entity_state.get(entity)
         # Read for every event, not from the periodic copy: one event between an erasure
@@ -202,6 +238,7 @@ class PipelineAgents:
         proba = predict(snap.model, self.p.task, features) if snap else 0.0
         version = snap.version if snap else "none"
         event_id = self.p.event_id_of(record)
+        annotate(model_version=version)
         if not erased:  # an event from before the erasure is scored, and not remembered
             self.entity_state[entity] = state
             await self.feature_store.put(entity, features, state, event_time)
@@ -241,6 +278,7 @@ class PipelineAgents:
 
     async def _forward_one(self, event: faust.EventT) -> None:
         label = parse(self.p.label_type, event.value)
+        annotate(event_id=self.p.event_id_of(label))
         event_id = self.p.event_id_of(label)
         await self.join_topic.send(key=event_id.encode(), value=b"L" + label.to_json())
         m.EVENTS.labels(self.name, "label", "ok").inc()
@@ -263,6 +301,7 @@ class PipelineAgents:
         self._load_expiry()
         if kind == b"S":
             snap = parse(Snapshot, body)
+            annotate(event_id=snap.event_id, model_version=snap.model_version)
             event_id, event_time = snap.event_id, snap.event_time
         else:
             label = parse(self.p.label_type, body)
@@ -420,7 +459,8 @@ class PipelineAgents:
         for d in learner.pop_detections():
             m.DRIFT_DETECTIONS.labels(self.name, d.kind).inc()
             log.warning("%s: %s drift detected by %s at %s: %s", self.name, d.kind, d.detector,
-                        learner.version, d.evidence)
+                        learner.version, d.evidence,
+                        extra={"model_version": learner.version, "drift": d.kind})
             await self.send_control(ControlEvent(
                 kind=f"{d.kind}_drift", pipeline=self.name, at=time.time(),
                 model_version=learner.version, offset=learner.next_offset - 1,
@@ -592,14 +632,19 @@ class PipelineAgents:
     async def _handle_one(self, event, kind: str, handle) -> None:
         msg = event.message
         where = (msg.topic, msg.partition, msg.offset, event.key, event.value)
-        try:
-            await handle(event)
-        except InvalidRecord as exc:
-            await self.dead_letter(*where, exc, kind, "invalid")
-        except Exception as exc:  # noqa: BLE001 - an outage or a bug: park, carry on
-            log.exception("%s: processing failed, dead-lettering", kind)
-            await self.dead_letter(
-                *where, InvalidRecord({"$": f"processing failed: {exc!r}"}), kind, "error")
+        # Every line logged while this record is handled says which record it concerns;
+        # the handler adds the event id and model version once it knows them.
+        key = event.key.decode(errors="replace") if isinstance(event.key, bytes) else event.key
+        with bound(pipeline=self.name, kind=kind, topic=msg.topic, partition=msg.partition,
+                   offset=msg.offset, key=key):
+            try:
+                await handle(event)
+            except InvalidRecord as exc:
+                await self.dead_letter(*where, exc, kind, "invalid")
+            except Exception as exc:  # noqa: BLE001 - an outage or a bug: park, carry on
+                log.exception("%s: processing failed, dead-lettering", kind)
+                await self.dead_letter(
+                    *where, InvalidRecord({"$": f"processing failed: {exc!r}"}), kind, "error")
 
     async def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
                           value: bytes | None, exc: InvalidRecord, kind: str,

@@ -49,8 +49,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         ensure_pipeline_topics(settings, pipeline)
     state_dir = settings.data_dir / "worker" / settings.app_id
     discard_state_after_crash(state_dir)
+    from monitoring.logs import dict_config
+
     app = create_app(settings, args.pipeline)
-    worker = faust.Worker(app, loglevel=settings.log_level)
+    worker = faust.Worker(app, loglevel=settings.log_level,
+                          logging_config=dict_config(settings.log_level, settings.log_format))
     try:
         worker.execute_from_commandline()
     finally:  # reached on SIGTERM or SIGINT, never on a kill -9

@@ -118,8 +118,11 @@ class Settings:
     inference_cache_size: int = 10_000
     # The retrainer's HTTP port, which serves its /metrics (DRIFTLINE_RETRAINER_PORT).
     retrainer_port: int = 6067
-    # Log level of the services (DRIFTLINE_LOG_LEVEL).
+    # Log level of the services (DRIFTLINE_LOG_LEVEL), and their format: json (one object
+    # a line, with the pipeline, event id and model version where a line concerns one) or
+    # text (DRIFTLINE_LOG_FORMAT).
     log_level: str = "info"
+    log_format: str = "json"
 
     def __post_init__(self) -> None:
         if not self.kafka_bootstrap:

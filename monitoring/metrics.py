@@ -137,9 +137,10 @@ ENTITIES_FORGOTTEN = Counter("driftline_entities_forgotten_total",
 
 # ---- scoring (worker and API) --------------------------------------------------------
 MODEL_VERSION = Gauge("driftline_model_version_info",
-                      "1 for the model version a scoring process serves now (the label carries "
-                      "it; older versions' series are removed on a swap)",
-                      ["pipeline", "process", "version"], multiprocess_mode="liveall")
+                      "1 for the registry revision a scoring process serves now, 0 for the ones "
+                      "it served before (the revision, v<registry version>, changes on a "
+                      "promotion; driftline_model_updates counts the labels learned since)",
+                      ["pipeline", "process", "revision"], multiprocess_mode="liveall")
 MODEL_SWAPS = Counter("driftline_model_swaps_total",
                       "Newer model snapshots loaded by a scoring process",
                       ["pipeline", "process"])
@@ -178,6 +179,14 @@ CACHE_LOOKUPS = Counter("driftline_api_cache_lookups_total",
 AUTH_FAILURES = Counter("driftline_api_auth_failures_total",
                         "Requests refused: 401 (no or unknown token) or 403 (wrong role)",
                         ["status"])
+
+
+def serving(pipeline: str, process: str, revision: str, before: str | None) -> None:
+    """Record that ``process`` now serves ``revision`` of ``pipeline`` (one series per
+    revision, not per snapshot: the label set stays small)."""
+    if before is not None and before != revision:
+        MODEL_VERSION.labels(pipeline, process, before).set(0)
+    MODEL_VERSION.labels(pipeline, process, revision).set(1)
 
 
 class HitRatios:

@@ -30,6 +30,7 @@ from driftline.config import Settings
 from driftline.stores import RedisKeys, SnapshotStore, connect
 from driftline.topic_reader import read_range
 from monitoring import metrics as m
+from monitoring.logs import annotate, bound
 from online_models import lifecycle
 from online_models.registry import Lineage, Registry
 from online_models.retrain import RetrainOutcome, latest_window, retrain
@@ -99,11 +100,16 @@ class Retrainer:
         self.consumer.close()
 
     def handle(self, pipeline: str, raw: bytes) -> None:
+        with bound(pipeline=pipeline):
+            self._handle(pipeline, raw)
+
+    def _handle(self, pipeline: str, raw: bytes) -> None:
         try:
             ev = parse(ControlEvent, raw)
         except InvalidRecord as exc:
             log.error("%s: unreadable control event (%s): %r", pipeline, exc, raw[:200])
             return
+        annotate(model_version=ev.model_version, control=ev.kind)
         if ev.kind not in TRIGGERS:
             return
         st = self.state[pipeline]
@@ -250,8 +256,9 @@ def run_retrainer(settings: Settings, pipelines: list[str]) -> None:
 
     from prometheus_client import start_http_server
 
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from monitoring.logs import configure
+
+    configure(settings.log_level, settings.log_format)
     retrainer = Retrainer(settings, pipelines)
     retrainer.start()
     signal.signal(signal.SIGTERM, lambda *_: retrainer.stop.set())

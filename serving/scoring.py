@@ -132,15 +132,19 @@ class PipelineScorer:
         now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY:
             self._warned_at = now
-            log.warning("%s: %s", self.name, message)
+            log.warning("%s: %s", self.name, message, extra={"pipeline": self.name})
 
     # ---- models: swapped in the background, never loaded by a request ------------------
 
     async def refresh(self) -> bool:
         """Load a newer champion (and its fallback) and the current split; whether the
         champion changed."""
+        before = self.champion.current
         swapped = await self.champion.refresh()
         snap = self.champion.current
+        if swapped:
+            m.serving(self.name, "api", revision_of(snap.version),
+                      revision_of(before.version) if before else None)
         policy = self.spec.fallback
         if swapped and snap.fallback is not None and policy is not None \
                 and snap.fallback_examples >= policy.min_examples:
@@ -247,7 +251,11 @@ class PipelineScorer:
         m.SHADOW_DIFFERENCE.labels(self.name).observe(abs(value - served))
         shadow_log.info("shadow %s event=%s entity=%s champion=%s:%.6g challenger=%s:%.6g",
                         self.name, self.spec.event_id_of(event), entity, served_version, served,
-                        challenger.version, value)
+                        challenger.version, value,
+                        extra={"pipeline": self.name, "event_id": self.spec.event_id_of(event),
+                               "entity": entity, "model_version": served_version,
+                               "challenger_version": challenger.version, "score": served,
+                               "challenger_score": value})
 
     def _infer(self, variant: str, snap: ModelSnapshot, features: dict[str, float],
                explain: bool) -> tuple[float, list[Contribution]]:

@@ -50,8 +50,9 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")
+    from monitoring.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
 
 def serve_one(settings: Settings, host: str, port: int,

@@ -148,6 +148,18 @@ def test_malformed_records_are_dead_lettered_and_the_good_ones_around_them_proce
         == N_EVENTS
 
 
+def test_consumer_lag_is_reported_per_partition_and_drains(settings, topics, run,
+                                                          worker_metrics):
+    def lag_by_partition() -> dict[str, float]:
+        return {labels["partition"]: v
+                for labels, v in worker_metrics().get("driftline_consumer_lag", [])
+                if labels["pipeline"] == "fraud" and labels["topic"] == topics.events}
+
+    # Every partition of the events topic is reported, and nothing is left to process.
+    wait_for(lambda: len(lag_by_partition()) == settings.partitions
+             and sum(lag_by_partition().values()) == 0, 30, "the events topic's lag at 0")
+
+
 def post(url: str, body: bytes | dict, expect: int):
     status, payload = call(url, body, method="POST")
     assert status == expect, payload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -20,7 +21,7 @@ N = 1500
 
 
 def test_replayed_features_equal_the_served_ones_on_a_disordered_stream(
-        settings, topics, worker, worker_metrics):
+        settings, topics, worker, worker_metrics, logs):
     run_id = uuid.uuid4().hex[:8]
     config = FraudStreamConfig(events=N, cards=150, seed=5, run_id=run_id, card_prefix=run_id,
                                start_time=time.time() - N / 2.0)
@@ -62,3 +63,13 @@ def test_replayed_features_equal_the_served_ones_on_a_disordered_stream(
                if d["error"].startswith("ts: late:")]
     assert {d["key"] for d in letters} >= {t.card_id for t in events if t.event_id in late}
     assert all("behind the entity's newest event" in d["error"] for d in letters)
+
+    # The worker's log says which event each of them was, as JSON lines.
+    lines = [json.loads(line) for line in (logs / "worker.log").read_text().splitlines()
+             if line.startswith("{")]
+    dead = [x for x in lines if x["message"].startswith("dead-lettered")
+            and x.get("event_id") in late]
+    assert {x["event_id"] for x in dead} == late
+    assert all(x["pipeline"] == "fraud" and x["level"] == "WARNING"
+               and x["topic"] == topics.events and x["entity"] == x["key"]
+               and isinstance(x["offset"], int) for x in dead)
