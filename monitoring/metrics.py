@@ -150,8 +150,9 @@ PREDICTIONS = Counter("driftline_predictions_total", "Scores served",
 # ---- HTTP API -----------------------------------------------------------------------
 HTTP_REQUESTS = Counter("driftline_http_requests_total", "HTTP requests by route and status",
                         ["route", "method", "status"])
-HTTP_SECONDS = Histogram("driftline_http_request_seconds", "HTTP request latency by route",
-                         ["route", "method"],
+HTTP_SECONDS = Histogram("driftline_http_request_seconds",
+                         "HTTP request latency by route, method and status",
+                         ["route", "method", "status"],
                          buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 API_SCORES = Counter("driftline_api_scores_total",
                      "Events scored by the API, by variant (champion, challenger, shadow: the "

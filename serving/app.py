@@ -85,7 +85,8 @@ async def observe_and_shape_errors(request: web.Request, handler):
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error(500, "internal error")
     m.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
-    m.HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+    m.HTTP_SECONDS.labels(route, request.method, str(response.status)).observe(
+        time.perf_counter() - started)
     return response
 
 
