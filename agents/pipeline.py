@@ -121,6 +121,12 @@ class PipelineAgents:
         app.timer(settings.snapshot_seconds)(self.publish_if_due)
         app.timer(settings.reconcile_seconds)(self.reconcile)
         app.timer(LAG_SECONDS)(self.report_lag)
+        # Series that count rare things exist at 0 from the start: Prometheus' increase()
+        # misses the first count of a series that appears at 1.
+        for kind in ("concept", "feature"):
+            m.DRIFT_DETECTIONS.labels(self.name, kind)
+        for reason in ("drift", "manual", "rollback"):
+            m.MODEL_PROMOTIONS.labels(self.name, reason)
         if pipeline.embeddings is not None:
             from agents.embedding import EmbeddingAgent
 

@@ -61,6 +61,8 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
     api.start()
     metrics_url = f"http://127.0.0.1:{settings.worker_port}/metrics"
     api_url = f"http://{settings.api_host}:{settings.api_port}"
+    print(f"live dashboard: {api_url}/dashboard (open it in a browser while the demo runs)",
+          flush=True)
     try:
         return _stream_and_report(settings, pipeline, seconds, rate, metrics_url, api_url,
                                   run_id)

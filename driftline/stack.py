@@ -314,9 +314,10 @@ def ensure_debian_binary(binary: str, package: str) -> str:
     prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     print(f"{binary}: installing Debian's {package}", flush=True)
-    subprocess.run([*prefix, "apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run([*prefix, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                    package], check=True, env=env)
+    wait = ["-o", "DPkg::Lock::Timeout=300"]  # another install may hold the lock
+    subprocess.run([*prefix, "apt-get", *wait, "update", "-qq"], check=True, env=env)
+    subprocess.run([*prefix, "apt-get", *wait, "install", "-y", "-qq",
+                    "--no-install-recommends", package], check=True, env=env)
     found = shutil.which(binary) or f"/usr/bin/{binary}"
     if not Path(found).exists():
         raise StackError(f"{binary} is still missing after apt-get install {package}")

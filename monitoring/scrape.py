@@ -17,7 +17,16 @@ class Scrape(dict):
 
 def scrape(url: str, timeout: float = 3.0) -> Scrape:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
-        text = resp.read().decode()
+        return parse(resp.read().decode())
+
+
+def parse(text: str) -> Scrape:
+    r"""A Prometheus text exposition as samples by name, parsed by prometheus_client.
+
+    >>> s = parse('# TYPE x_total counter\nx_total{p="a"} 2.0\nx_total{p="b"} 3.0\n')
+    >>> s.value("x_total"), s.value("x_total", p="b")
+    (5.0, 3.0)
+    """
     out = Scrape()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

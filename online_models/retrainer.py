@@ -40,6 +40,8 @@ from streams.schemas import ControlEvent, InvalidRecord, TrainingExample, parse
 from streams.topics import PipelineTopics
 
 log = logging.getLogger(__name__)
+RETRAIN_OUTCOMES = ("promoted", "rejected", "failed", "skipped_timeout", "skipped_cooldown",
+                    "skipped_covered", "skipped_not_worse")
 
 TRIGGERS = ("concept_drift", "feature_drift", "retrain_requested")
 
@@ -63,6 +65,9 @@ class Retrainer:
                                                                    settings.namespace))
                       for name in pipelines}
         self._by_topic = {st.topics.control: name for name, st in self.state.items()}
+        for name in pipelines:  # at 0 from the start: increase() misses a series' first count
+            for outcome in RETRAIN_OUTCOMES:
+                m.RETRAINS.labels(name, outcome)
         self.stop = threading.Event()
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,

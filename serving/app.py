@@ -35,7 +35,7 @@ from driftline.stores import EmbeddingStore, RedisKeys, connect
 from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
 from online_models import lifecycle
-from serving import similar
+from serving import dashboard, similar
 from serving.auth import Tokens, allows, parse_tokens
 from serving.errors import error
 from serving.scoring import UNAVAILABLE, Caches, PipelineScorer, Score, Unavailable
@@ -437,7 +437,9 @@ async def _resources(app: web.Application):
     # that blew request deadlines in the load benchmark).
     gc.freeze()
     refresher = asyncio.create_task(_keep_models_fresh(app))
+    app[dashboard.SAMPLER] = dashboard.Sampler(settings, client, app[SCORERS]).start()
     yield
+    await app[dashboard.SAMPLER].stop()
     refresher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await refresher
@@ -473,4 +475,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/dashboard", requires("scorer")(dashboard.dashboard_page))
+    app.router.add_get("/dashboard/data", requires("scorer")(dashboard.dashboard_data))
     return app

@@ -497,7 +497,40 @@ def _openapi(c: _Context) -> dict[str, Any]:
     }
 
 
+def _dashboard(c: _Context) -> dict[str, Any]:
+    return {
+        "tags": ["service"],
+        "summary": "The live dashboard: throughput, latency, the prequential metric with drift "
+                   "detections and promotions, the model versions",
+        "responses": {"200": {"description": "A self-contained HTML page; it polls "
+                                             "`/dashboard/data`.",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }
+
+
+def _dashboard_data(c: _Context) -> dict[str, Any]:
+    return {
+        "tags": ["service"],
+        "summary": "The dashboard's samples (the last 30 minutes) and current figures",
+        "parameters": [{"name": "since", "in": "query", "required": False,
+                        "description": "only the samples after this time (the `now` of an "
+                                       "earlier answer)",
+                        "schema": {"type": "number"}}],
+        "responses": {
+            "200": _json({"type": "object",
+                          "required": ["now", "interval", "window", "worker", "redis", "api",
+                                       "pipelines", "process"],
+                          "properties": {"pipelines": {
+                              "type": "object", "propertyNames": {"enum": list(PIPELINES)}}}},
+                         "Samples, markers and current figures per pipeline, and the API's."),
+            **_errors(422, _422="`since` is not a finite number."),
+        },
+    }
+
+
 OPERATIONS: dict[tuple[str, str], Callable[[_Context], dict[str, Any] | None]] = {
+    ("GET", "/dashboard"): _dashboard,
+    ("GET", "/dashboard/data"): _dashboard_data,
     ("POST", "/v1/score/{pipeline}:batch"): _score_batch,
     ("POST", "/v1/score/{pipeline}"): _score_event,
     ("GET", "/v1/models/{pipeline}"): _model_status,
