@@ -43,7 +43,7 @@ from driftline.stores import (
 from driftline.topic_reader import read_range, watermarks
 from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
-from monitoring.logs import annotate, bound
+from monitoring.logs import annotate, bound, entity_ref
 from online_models import evaluation
 from online_models.learner import OnlineLearner, revision_of
 from online_models.spec import build_model, predict
@@ -167,18 +167,24 @@ class PipelineAgents:
 
     async def report_lag(self, *_: Any) -> None:
         """``driftline_consumer_lag`` of each partition of this pipeline's inputs this worker
-        holds: the partition's end (as the consumer last fetched it) minus the next offset
-        to process (the learner's own for the training topic)."""
+        holds: the partition's end minus the next offset to process (the learner's own for
+        the training topic). The end is asked of the broker, not taken from the last fetch:
+        a consumer stops fetching a partition whose records it has not drained, so a stuck
+        agent would otherwise show a lag frozen where it stopped."""
         consumer = self.app.consumer
         inputs = {self.topics.events, self.topics.labels, self.topics.join,
                   self.topics.training, self.topics.control}
-        for tp in consumer.assignment():
-            if tp.topic not in inputs:
-                continue
-            try:
-                end = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - not fetched yet, or a rebalance under way
-                continue
+        mine = [tp for tp in consumer.assignment() if tp.topic in inputs]
+        if not mine:
+            return
+        try:
+            async with asyncio.timeout(LAG_SECONDS):
+                ends = await consumer.highwaters(*mine)
+        except Exception:  # noqa: BLE001 - Kafka slow or a rebalance under way: next round
+            log.debug("%s: could not read partition ends", self.name, exc_info=True)
+            return
+        for tp in mine:
+            end = ends.get(tp)
             if tp.topic == self.topics.training and self.learner is not None \
                     and self.learner.next_offset is not None:
                 done = self.learner.next_offset
@@ -220,7 +226,7 @@ class PipelineAgents:
         started = time.perf_counter()
         record = parse(self.p.event_type, event.value)
         entity = self.p.entity_of(record)
-        annotate(event_id=self.p.event_id_of(record), entity=entity)
+        annotate(event_id=self.p.event_id_of(record), entity=entity_ref(entity))
         event_time = self.p.time_of(record)
         prior = self.entity_state.get(entity)
         # Read for every event, not from the periodic copy: one event between an erasure
@@ -640,9 +646,8 @@ class PipelineAgents:
         where = (msg.topic, msg.partition, msg.offset, event.key, event.value)
         # Every line logged while this record is handled says which record it concerns;
         # the handler adds the event id and model version once it knows them.
-        key = event.key.decode(errors="replace") if isinstance(event.key, bytes) else event.key
         with bound(pipeline=self.name, kind=kind, topic=msg.topic, partition=msg.partition,
-                   offset=msg.offset, key=key):
+                   offset=msg.offset):
             try:
                 await handle(event)
             except InvalidRecord as exc:

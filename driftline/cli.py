@@ -53,7 +53,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     app = create_app(settings, args.pipeline)
     worker = faust.Worker(app, loglevel=settings.log_level,
-                          logging_config=dict_config(settings.log_level, settings.log_format))
+                          logging_config=dict_config(settings.log_level, settings.log_format,
+                                                     settings.log_entities,
+                                                     settings.log_entity_key))
     try:
         worker.execute_from_commandline()
     finally:  # reached on SIGTERM or SIGINT, never on a kill -9

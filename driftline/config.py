@@ -51,6 +51,9 @@ class Settings:
     # DRIFTLINE_WORKER_PORT).
     worker_host: str = "127.0.0.1"
     worker_port: int = 6066
+    # Where the API's dashboard reads the worker's metrics; default: the worker's address
+    # on this host (DRIFTLINE_WORKER_METRICS_URL; compose: http://worker:6066/metrics).
+    worker_metrics_url: str = ""
     # The scoring API (DRIFTLINE_API_HOST, DRIFTLINE_API_PORT).
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -123,12 +126,20 @@ class Settings:
     # text (DRIFTLINE_LOG_FORMAT).
     log_level: str = "info"
     log_format: str = "json"
+    # How entities appear in logs: hash (a blake2b hash keyed by DRIFTLINE_LOG_ENTITY_KEY:
+    # set a secret), plain or omit (DRIFTLINE_LOG_ENTITIES, DRIFTLINE_LOG_ENTITY_KEY).
+    log_entities: str = "hash"
+    log_entity_key: str = ""
 
     def __post_init__(self) -> None:
         if not self.kafka_bootstrap:
             object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
         if not self.redis_url:
             object.__setattr__(self, "redis_url", f"redis://127.0.0.1:{self.redis_port}/0")
+        if not self.worker_metrics_url:
+            host = "127.0.0.1" if self.worker_host in ("0.0.0.0", "::", "") else self.worker_host
+            object.__setattr__(self, "worker_metrics_url",
+                               f"http://{host}:{self.worker_port}/metrics")
         if not self.milvus_uri:
             object.__setattr__(self, "milvus_uri", f"http://127.0.0.1:{self.milvus_port}")
         registry = Path(self.data_dir) / "registry"
@@ -172,6 +183,9 @@ class Settings:
             derived["redis_url"] = ""
         if "milvus_port" in changes and "milvus_uri" not in changes:
             derived["milvus_uri"] = ""
+        if ({"worker_host", "worker_port"} & changes.keys()
+                and "worker_metrics_url" not in changes):
+            derived["worker_metrics_url"] = ""
         if "data_dir" in changes:
             derived.update({k: "" for k in ("registry_uri", "registry_artifacts")
                             if k not in changes})

@@ -263,7 +263,8 @@ def run_retrainer(settings: Settings, pipelines: list[str]) -> None:
 
     from monitoring.logs import configure
 
-    configure(settings.log_level, settings.log_format)
+    configure(settings.log_level, settings.log_format, settings.log_entities,
+              settings.log_entity_key)
     retrainer = Retrainer(settings, pipelines)
     retrainer.start()
     signal.signal(signal.SIGTERM, lambda *_: retrainer.stop.set())

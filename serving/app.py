@@ -52,6 +52,7 @@ REDIS = web.AppKey("redis", object)
 REGISTRY = web.AppKey("registry", object)
 TOKENS = web.AppKey("tokens", Tokens)
 OPEN_PATHS = web.AppKey("open_paths", frozenset)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 
 def requires(role: str):
@@ -68,6 +69,7 @@ async def observe_and_shape_errors(request: web.Request, handler):
     """Count and time every request, and turn every failure into a JSON body."""
     route = request.match_info.route.resource.canonical if request.match_info.route.resource \
         else "unmatched"
+    method = request.method if request.method in METHODS else "other"  # bounded labels
     started = time.perf_counter()
     try:
         response = await handler(request)
@@ -84,8 +86,8 @@ async def observe_and_shape_errors(request: web.Request, handler):
     except Exception:  # noqa: BLE001 - the caller still gets JSON, the log gets the trace
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error(500, "internal error")
-    m.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
-    m.HTTP_SECONDS.labels(route, request.method, str(response.status)).observe(
+    m.HTTP_REQUESTS.labels(route, method, str(response.status)).inc()
+    m.HTTP_SECONDS.labels(route, method, str(response.status)).observe(
         time.perf_counter() - started)
     return response
 

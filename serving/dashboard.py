@@ -417,7 +417,7 @@ class Sampler:
         self.redis = redis
         self.scorers = scorers
         self.interval = interval
-        self.worker_url = f"http://{settings.worker_host}:{settings.worker_port}/metrics"
+        self.worker_url = settings.worker_metrics_url
         self.keys = {name: RedisKeys(settings.redis_prefix, name) for name in scorers}
         self.dashboard = Dashboard(
             {name: (s.spec.task, s.spec.metrics[0]) for name, s in scorers.items()},

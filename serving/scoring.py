@@ -39,6 +39,7 @@ from driftline.stores import (
 )
 from driftline.vectors import EmbeddingSpace
 from monitoring import metrics as m
+from monitoring.logs import entity_ref
 from online_models.explain import Contribution, contributions
 from online_models.learner import revision_of
 from online_models.spec import predict
@@ -249,11 +250,11 @@ class PipelineScorer:
         m.API_SCORES.labels(self.name, "shadow", "ok").inc()
         m.API_SCORE_VALUE.labels(self.name, "shadow").observe(value)
         m.SHADOW_DIFFERENCE.labels(self.name).observe(abs(value - served))
-        shadow_log.info("shadow %s event=%s entity=%s champion=%s:%.6g challenger=%s:%.6g",
-                        self.name, self.spec.event_id_of(event), entity, served_version, served,
+        shadow_log.info("shadow %s event=%s champion=%s:%.6g challenger=%s:%.6g",
+                        self.name, self.spec.event_id_of(event), served_version, served,
                         challenger.version, value,
                         extra={"pipeline": self.name, "event_id": self.spec.event_id_of(event),
-                               "entity": entity, "model_version": served_version,
+                               "entity": entity_ref(entity), "model_version": served_version,
                                "challenger_version": challenger.version, "score": served,
                                "challenger_score": value})
 

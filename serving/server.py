@@ -52,7 +52,8 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 def configure_logging(settings: Settings) -> None:
     from monitoring.logs import configure
 
-    configure(settings.log_level, settings.log_format)
+    configure(settings.log_level, settings.log_format, settings.log_entities,
+              settings.log_entity_key)
 
 
 def serve_one(settings: Settings, host: str, port: int,

@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from driftline.stores import EmbeddingStore, FeatureStore, RedisKeys
 from driftline.vectors import STORE_ERRORS, EmbeddingSpace
 from monitoring import metrics as m
+from monitoring.logs import entity_ref
 from serving.errors import error
 from streams.declarations import PipelineSpec
 from streams.schemas import InvalidRecord, Record, parse
@@ -148,9 +149,9 @@ async def forget_entity(request: web.Request, pipeline: PipelineSpec, redis: Any
         if space is not None:
             await space.store.forget(entity, until)
     except STORE_ERRORS as exc:  # a store is down; erasing again is safe
-        log.warning("erasing %s/%s failed", pipeline.name, entity, exc_info=True)
+        log.warning("erasing %s/%s failed", pipeline.name, entity_ref(entity), exc_info=True)
         return error(503, f"store unavailable, nothing is lost by retrying: {exc}")
     m.ENTITIES_FORGOTTEN.labels(pipeline.name).inc()
-    log.info("erased %s entity %s: %s", pipeline.name, entity, deleted)
+    log.info("erased %s entity %s: %s", pipeline.name, entity_ref(entity), deleted)
     return web.json_response({"pipeline": pipeline.name, "entity": entity,
                               "deleted": deleted, "erased_until": until})

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from driftline.replay import replay
+from monitoring.logs import entity_ref
 from streams.catalog.fraud import FRAUD
 from streams.engine import FeatureEngine, LateEvent
 from streams.generators.base import disorder
@@ -70,6 +71,9 @@ def test_replayed_features_equal_the_served_ones_on_a_disordered_stream(
     dead = [x for x in lines if x["message"].startswith("dead-lettered")
             and x.get("event_id") in late]
     assert {x["event_id"] for x in dead} == late
+    cards = {t.event_id: t.card_id for t in events}
     assert all(x["pipeline"] == "fraud" and x["level"] == "WARNING"
-               and x["topic"] == topics.events and x["entity"] == x["key"]
-               and isinstance(x["offset"], int) for x in dead)
+               and x["topic"] == topics.events and isinstance(x["offset"], int)
+               # the card as a keyed hash, never the card id (erasure cannot reach logs)
+               and x["entity"] == entity_ref(cards[x["event_id"]])
+               and cards[x["event_id"]] not in json.dumps(x) for x in dead)
