@@ -87,18 +87,13 @@ class FeatureStore:
         """Erase the entity's features and window state; whether there were any."""
         return bool(await self.r.delete(self.keys.features(entity)))
 
-    async def state(self, entity: str) -> dict[str, Any] | None:
-        """The entity's window state alone (None when unknown): what scoring needs."""
-        raw = await self.r.hget(self.keys.features(entity), "_state")
-        return json.loads(raw) if raw is not None else None
-
-    async def states(self, entities: list[str]) -> list[dict[str, Any] | None]:
-        """:meth:`state` of each entity, in one round trip."""
+    async def states_json(self, entities: list[str]) -> list[bytes | None]:
+        """Each entity's window state as stored (JSON; None when unknown), in one round
+        trip."""
         async with self.r.pipeline(transaction=False) as pipe:
             for entity in entities:
                 pipe.hget(self.keys.features(entity), "_state")
-            raws = await pipe.execute()
-        return [json.loads(raw) if raw is not None else None for raw in raws]
+            return await pipe.execute()
 
     async def get(self, entity: str) -> tuple[dict[str, float], dict[str, Any] | None]:
         """The entity's latest features and window state (``{}, None`` when unknown)."""

@@ -21,9 +21,10 @@ with the reason (``driftline_api_degraded_total``). A pipeline without a fallbac
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -80,7 +81,7 @@ class Score:
     model_version: str
     variant: str                      # champion, challenger, or fallback
     features: dict[str, float]
-    contributions: list[Contribution] = field(default_factory=list)
+    contributions: tuple[Contribution, ...] = ()
     entity_known: bool | None = None  # None: unknown, the state could not be read
     degraded: bool = False
     degraded_reason: str | None = None
@@ -207,19 +208,22 @@ class PipelineScorer:
         self.caches.features.pop((self.name, entity))
 
     async def _states(self, entities: list[str]) -> list[dict | None]:
+        # The cache keeps the stored JSON, not the parsed state: bytes are invisible to the
+        # garbage collector, while thousands of nested state dicts made every full
+        # collection walk them (scoring's p99 at 500 requests/s went from 2.5 to 35-50 ms).
         cache = self.caches.features
         found = [cache.get((self.name, entity)) for entity in entities]
         missing = sorted({entity for entity, hit in zip(entities, found, strict=True)
                           if hit is None})
         if missing:
-            read = await (self.store.states(missing) if len(missing) > 1
-                          else _one(self.store.state(missing[0])))
-            fresh = dict(zip(missing, read, strict=True))
-            for entity, state in fresh.items():
-                cache.put((self.name, entity), (state,))  # a tuple: None is a valid state
-            found = [hit if hit is not None else (fresh[entity],)
+            read = await self.store.states_json(missing)
+            fresh = {entity: raw if raw is not None else b"" for entity, raw
+                     in zip(missing, read, strict=True)}  # b"": known to be unknown
+            for entity, raw in fresh.items():
+                cache.put((self.name, entity), raw)
+            found = [hit if hit is not None else fresh[entity]
                      for entity, hit in zip(entities, found, strict=True)]
-        return [hit[0] for hit in found]
+        return [json.loads(raw) if raw else None for raw in found]
 
     def _predict(self, event: Record, entity: str, features: dict[str, float],
                  known: bool, explain: bool) -> Score:
@@ -259,12 +263,12 @@ class PipelineScorer:
                                "challenger_score": value})
 
     def _infer(self, variant: str, snap: ModelSnapshot, features: dict[str, float],
-               explain: bool) -> tuple[float, list[Contribution]]:
+               explain: bool) -> tuple[float, tuple[Contribution, ...]]:
         return self._infer_with(variant, snap.model, snap.snapshot_id, features, explain)
 
     def _infer_with(self, variant: str, model: Any, snapshot_id: str,
                     features: dict[str, float], explain: bool
-                    ) -> tuple[float, list[Contribution]]:
+                    ) -> tuple[float, tuple[Contribution, ...]]:
         # The snapshot's unique id, not its version: a rollback may publish another model
         # under a version string served before.
         key = (self.name, variant, snapshot_id, tuple(features.items()), explain)
@@ -272,8 +276,10 @@ class PipelineScorer:
         if hit is not None:
             return hit
         value = predict(model, self.spec.task, features)
-        explanation = contributions(model, self.spec.task, features, self.explain_top,
-                                    score=value) if explain else []
+        # Tuples of strings and floats only: the garbage collector stops tracking the cached
+        # entries, so a full collection does not walk the whole cache.
+        explanation = tuple(contributions(model, self.spec.task, features, self.explain_top,
+                                          score=value)) if explain else ()
         self.caches.inference.put(key, (value, explanation))
         return value, explanation
 
@@ -288,7 +294,7 @@ class PipelineScorer:
         entity = self.spec.entity_of(event)
         model = self.fallback_model
         if model is None:
-            value, version, explanation = policy.prior, "prior", []
+            value, version, explanation = policy.prior, "prior", ()
         else:
             version = self.fallback_version
             value, explanation = self._infer_with("fallback", model, self.fallback_id, features,
@@ -298,5 +304,3 @@ class PipelineScorer:
                      features, explanation, None, degraded=True, degraded_reason=reason)
 
 
-async def _one(state):
-    return [await state]

@@ -22,15 +22,12 @@ class Store:
     def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
         self.delay, self.error, self.reads = delay, error, 0
 
-    async def states(self, entities):
+    async def states_json(self, entities):
         self.reads += 1
         await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
         return [None for _ in entities]
-
-    async def state(self, entity):
-        return (await self.states([entity]))[0]
 
 
 def trained(positive_amount: float):
