@@ -83,6 +83,46 @@ def worker_metrics(settings, worker) -> Callable:
     return lambda: scrape(f"http://127.0.0.1:{settings.worker_port}/metrics")
 
 
+def own_namespace(suffix: str, pipelines: list[str]) -> tuple:
+    """Module-scoped ``settings``, ``logs``, ``worker``, ``api`` and ``worker_metrics`` in a
+    namespace of the module's own, for a module whose records or admin actions the
+    session's later tests must not see. Assign them to those names in the module::
+
+        settings, logs, worker, api, worker_metrics = own_namespace("dash", ["fraud"])
+    """
+    @pytest.fixture(scope="module", name="settings")
+    def module_settings(settings):
+        with scratch_namespace(settings, f"{settings.namespace}-{suffix}",
+                               worker_port=free_port(), api_port=free_port()) as s:
+            for pipeline in pipelines:
+                ensure_pipeline_topics(s, pipeline)
+            yield s
+
+    @pytest.fixture(scope="module", name="logs")
+    def module_logs(settings):
+        path = settings.data_dir / "test-logs" / settings.namespace
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @pytest.fixture(scope="module", name="worker")
+    def module_worker(settings, logs):
+        proc = worker_process(settings, logs, pipelines).start()
+        yield proc
+        proc.stop()
+
+    @pytest.fixture(scope="module", name="api")
+    def module_api(settings, logs, worker):
+        proc = api_process(settings, logs).start()
+        yield f"http://{settings.api_host}:{settings.api_port}"
+        proc.stop()
+
+    @pytest.fixture(scope="module", name="worker_metrics")
+    def module_worker_metrics(settings, worker):
+        return lambda: scrape(f"http://127.0.0.1:{settings.worker_port}/metrics")
+
+    return module_settings, module_logs, module_worker, module_api, module_worker_metrics
+
+
 def send(settings: Settings, topic: str, records: Iterable[tuple[str | None, bytes]]) -> int:
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
     n = 0

@@ -1,8 +1,9 @@
 """Property-based fuzzing of the running API from its own description (schemathesis).
 
 Schemathesis sends every operation of the API's OpenAPI description valid and invalid
-requests, as the admin, to the session's API (a real process, with bearer tokens
-configured, over the real Kafka, Redis, Milvus Lite and MLflow registry). Each response
+requests, as the admin, to an API of this module's own (a real process, with bearer tokens
+configured, over the real Kafka, Redis, Milvus Lite and MLflow registry, in a namespace of
+its own). Each response
 must not be a 5xx, and must be as documented: its status, content type, headers and body
 (against the response schema). Bodies that no schema describes, so that schemathesis never
 sends them (not JSON, not UTF-8, nested too deep), are sent to each route that reads one.
@@ -14,21 +15,17 @@ parametrizes the operations when it collects the module, before the API runs; an
 description at ``/openapi.json``.
 
 The one 5xx accepted is the documented 503 of ``POST /v1/similar/<p>`` while a pipeline's
-embeddings warm up (no frozen standardizer yet): the session's namespace has no labeled
-events when this runs, so every valid similar-case query gets it (and the body of a found
+embeddings warm up (no frozen standardizer yet): the module's namespace has no labeled
+events, so every valid similar-case query gets it (and the body of a found
 one is not checked here; ``test_embeddings`` searches warm embeddings). Only that error
 passes; a 503 for any other reason (the vector store failing, say) fails the test.
 
-The admin operations run against the session's namespace, which the tests after this one
-share (``test_fraud_pipeline`` and ``test_model_lifecycle`` assert the exact model versions
-served and the registry's contents). They stay in the fuzz because they cannot change that
-state here: the namespace's registry is empty, so a generated promotion or traffic split
-names a version that does not exist (404) and a rollback has nothing to roll back to (409);
-a retrain request only adds a control event, which the learner ignores (the session runs no
-retrainer); erasing an entity that has no state records no erasure; ending a split that
-does not exist changes nothing. Should a pipeline's registry hold versions when this runs
-(run out of order), its promotions, rollbacks and traffic splits are skipped, and the last
-test checks that the fuzz left every pipeline's model state as it found it.
+Every operation is fuzzed, the admin ones included, in a namespace no other test shares.
+Its registry is empty, so a generated promotion or traffic split names a version that does
+not exist (404) and a rollback has nothing to roll back to (409); a retrain request only
+adds a control event (no retrainer runs); erasing an entity that has no state records no
+erasure. The last test checks that the fuzz left every pipeline's model state as it found
+it.
 """
 
 from __future__ import annotations
@@ -49,7 +46,7 @@ from schemathesis.specs.openapi.checks import (
 from driftline.config import Settings
 from serving.openapi import document
 from streams.pipelines import PIPELINES
-from tests.integration.conftest import TOKEN_ENTRIES, TOKENS, call
+from tests.integration.conftest import TOKEN_ENTRIES, TOKENS, call, own_namespace
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +57,8 @@ AS_ADMIN = {"Authorization": f"Bearer {TOKENS['admin']}"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 WARMING_UP = "embeddings are warming up"
-# Operations that change which model serves, when a version they name may exist.
-MODEL_CHANGES = {("POST", "promote"), ("POST", "rollback"), ("PUT", "traffic")}
+
+settings, logs, worker, api, worker_metrics = own_namespace("fuzz", sorted(PIPELINES))
 
 schema = schemathesis.openapi.from_dict(DESCRIPTION, config=schemathesis.Config.from_dict({
     # Repeatable in CI: a fixed seed, Hypothesis derandomized, no example database.
@@ -103,10 +100,6 @@ def test_the_api_serves_the_description_fuzzed_here(api):
 
 @schema.parametrize()
 def test_no_request_gets_a_5xx_and_every_response_is_as_documented(case, api, state_before):
-    pipeline, _, action = case.path.removeprefix("/v1/models/").partition("/")
-    if (case.method, action) in MODEL_CHANGES and state_before[pipeline]["versions"]:
-        pytest.skip(f"{pipeline}'s registry has versions: a generated one may exist, and "
-                    f"changing the champion would change what later tests see served")
     response = case.call(base_url=api)
     checks = CHECKS
     if warming_up(case, response):

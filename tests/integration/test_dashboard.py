@@ -13,14 +13,11 @@ import uuid
 
 import pytest
 
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import api_process, worker_process
 from driftline.producer import produce
-from driftline.stack import ensure_debian_binary, free_port
+from driftline.stack import ensure_debian_binary
 from streams.catalog.fraud import FRAUD
 from streams.generators import pipeline_history
-from tests.integration.conftest import TOKENS, call, wait_for
+from tests.integration.conftest import TOKENS, call, own_namespace, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,33 +27,8 @@ LABEL_DELAY = 150.0   # event-time seconds (2 to 3 s of wall time at this rate)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def settings(settings):
-    with scratch_namespace(settings, f"{settings.namespace}-dash", worker_port=free_port(),
-                           api_port=free_port()) as s:
-        ensure_pipeline_topics(s, "fraud")
-        yield s
-
-
-@pytest.fixture(scope="module")
-def logs(settings):
-    path = settings.data_dir / "test-logs" / settings.namespace
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def worker(settings, logs):
-    proc = worker_process(settings, logs, ["fraud"]).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def api(settings, logs, worker):
-    proc = api_process(settings, logs).start()
-    yield f"http://{settings.api_host}:{settings.api_port}"
-    proc.stop()
+# The session's fraud topics have absolute counts that later tests check.
+settings, logs, worker, api, worker_metrics = own_namespace("dash", ["fraud"])
 
 
 @pytest.fixture(scope="module")

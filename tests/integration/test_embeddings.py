@@ -10,19 +10,15 @@ from collections import Counter
 import pytest
 import redis
 
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import api_process, worker_process
-from driftline.stack import free_port
 from driftline.stores import RedisKeys
 from driftline.vectors import collection_names, quoted
-from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD, FRAUD_KNN, FraudLabel
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig, probe_cases
 from streams.topics import PipelineTopics
 from tests.integration.conftest import (
     call,
     milvus_rows,
+    own_namespace,
     read_all,
     redis_features,
     send,
@@ -37,41 +33,13 @@ N_EVENTS = 1500
 # This module runs a worker and an API of its own, in a namespace of its own: its erasures
 # change features on purpose, which the session's parity replay and absolute counts of
 # the fraud topics must not see. (The names override the session fixtures here.)
-@pytest.fixture(scope="module")
-def settings(settings):
-    with scratch_namespace(settings, f"{settings.namespace}-emb", worker_port=free_port(),
-                           api_port=free_port()) as s:
-        for pipeline in PIPELINES_HERE:
-            ensure_pipeline_topics(s, pipeline)
-        yield s
-
-
 PIPELINES_HERE = ["fraud", "fraud_knn"]
+settings, logs, worker, api, worker_metrics = own_namespace("emb", PIPELINES_HERE)
 
 
 @pytest.fixture(scope="module")
 def topics(settings) -> PipelineTopics:
     return PipelineTopics.for_spec(FRAUD, settings.namespace)
-
-
-@pytest.fixture(scope="module")
-def worker(settings):
-    proc = worker_process(settings, settings.data_dir / "test-logs" / settings.namespace,
-                          PIPELINES_HERE).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def api(settings, worker):
-    proc = api_process(settings, settings.data_dir / "test-logs" / settings.namespace).start()
-    yield f"http://{settings.api_host}:{settings.api_port}"
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
-def worker_metrics(settings, worker):
-    return lambda: scrape(f"http://127.0.0.1:{settings.worker_port}/metrics")
 
 
 @pytest.fixture(scope="module")
