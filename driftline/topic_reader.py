@@ -56,8 +56,14 @@ def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> Iterato
 
 def read_range(settings: Settings, topic: str, partition: int, start: int, end: int,
                timeout: float = 15.0) -> list[TopicRecord]:
-    """The records of one partition with ``start <= offset < end`` (blocking: run it in a
-    thread from async code). Offsets without a record (transaction markers) are skipped."""
+    """The records of one partition with ``start <= offset < end``, or up to the
+    partition's end when that comes first (blocking: run it in a thread from async code).
+    Offsets without a record (transaction markers) are skipped.
+
+    Raises :class:`TimeoutError` when no record came for ``timeout`` seconds before the
+    range was read: callers apply what they read exactly once, so a silently partial read
+    would lose the rest.
+    """
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
                          "group.id": f"driftline-reader-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
@@ -65,7 +71,11 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
     try:
         consumer.assign([TopicPartition(topic, partition, start)])
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            if time.monotonic() > deadline:
+                reached = out[-1].offset + 1 if out else start
+                raise TimeoutError(f"reading {topic}[{partition}] {start}..{end - 1}: no record "
+                                   f"for {timeout:.0f}s at offset {reached}")
             msg = consumer.poll(0.2)
             if msg is None:
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
@@ -78,6 +88,7 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
             if msg.offset() >= end:
                 break
             out.append(_record(msg))
+            deadline = time.monotonic() + timeout  # a large range takes as long as it takes
             if msg.offset() + 1 >= end:
                 break
     finally:
@@ -97,6 +108,21 @@ def watermarks(settings: Settings, topic: str, partition: int,
                                               timeout=timeout)
     finally:
         consumer.close()
+
+
+def committed_offset(settings: Settings, group: str, topic: str, partition: int,
+                     timeout: float = 15.0) -> int | None:
+    """The offset consumer group ``group`` committed on a partition (the next one it will
+    read), or None when it committed none. Asks without joining the group."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        [tp] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout)
+    finally:
+        consumer.close()
+    if tp.error is not None:
+        raise RuntimeError(f"committed offset of {group} on {topic}[{partition}]: {tp.error}")
+    return tp.offset if tp.offset >= 0 else None
 
 
 def _record(msg) -> TopicRecord:
