@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
+from agents.faust_fixes import every
 from driftline.stores import EmbeddingStore
-from driftline.topic_reader import watermarks
 from driftline.vectors import VectorStore, ensure_collections
 from monitoring import metrics as m
 from streams.embeddings import EventEmbedder, Profile
@@ -83,13 +83,12 @@ class EmbeddingAgent:
         self._collections_ready = False
         self._mode = "live"
         self._latest: int | None = None  # the newest record noted while not live
-        self._record_at = time.monotonic()  # when the stream last brought a record
         # Erased entities (DELETE /v1/entities) as last read, each with its erasure time.
         self._forgotten: dict[str, float] = {}
         self._unsealed = 0  # rows written since the collections were last flushed
         app: faust.App = agents.app
         app.agent(agents.training_topic, name=f"{self.name}-embed")(self.embed)
-        app.timer(self.s.vector_flush_seconds)(self.flush_if_due)
+        every(app, self.s.vector_flush_seconds)(self.flush_if_due)
         app.on_partitions_revoked.connect(self._on_revoked)
 
     @functools.cached_property
@@ -121,7 +120,6 @@ class EmbeddingAgent:
         """Apply one training record; never holds up the stream the learner shares, and
         never dead-letters (the learner does, once per record)."""
         offset = event.message.offset
-        self._record_at = time.monotonic()
         if self._mode != "live":
             self._note(offset)
             return  # the timer reaches it from the checkpoint
@@ -232,28 +230,6 @@ class EmbeddingAgent:
             await self._catch_up()
         elif time.monotonic() - self._flushed_at >= self.s.vector_flush_seconds:
             await self.flush()
-            await self._check_tail()
-
-    async def _check_tail(self) -> None:
-        """Catch up on records the stream has not brought: Faust's skipped records are
-        otherwise noticed only when a later record comes (:class:`GapFiller`), which at
-        the end of a burst may be never. (Seen here: after a restart, the learner got
-        the last thousand training records and this agent none of them.)"""
-        state = self.state
-        quiet = time.monotonic() - self._record_at >= self.s.vector_flush_seconds
-        if self._mode != "live" or state is None or state.next_offset is None or not quiet:
-            return
-        try:
-            _, end = await asyncio.to_thread(watermarks, self.s, self.a.topics.training, 0)
-        except Exception:  # noqa: BLE001 - Kafka did not answer: the next round asks again
-            log.warning("%s: could not read the training topic's end", self.name,
-                        exc_info=True)
-            return
-        if end > state.next_offset:
-            log.warning("%s: %d training records not delivered to the embedding agent",
-                        self.name, end - state.next_offset)
-            self._note(end - 1)
-            self._set_mode("catching_up")
 
     async def flush(self) -> bool:
         async with self._lock:

@@ -14,13 +14,20 @@ buffer's flush wait until every message put before it has been delivered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import shutil
+import time
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
+
+from driftline.topic_reader import committed_offset, read_range, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,42 @@ def flush_waits_for_delivery(app: faust.App) -> None:
     buffer.flush = flush
 
 
+def every(app: faust.App, seconds: float) -> Callable[[Callable], Callable]:
+    """``app.timer(seconds)`` for a function whose failure is logged and tried again at
+    the next round.
+
+    **A timer that raises stops the worker.** Faust runs a timer as a service task, and
+    mode crashes the whole app when a task raises: one Redis error in a periodic
+    publication ended the worker (checked with a probe app: exit code 1).
+    """
+    def register(fun: Callable) -> Callable:
+        @functools.wraps(fun)
+        async def guarded(*args: Any) -> None:
+            try:
+                await fun(*args)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.warning("%s failed; the next round tries again", fun.__qualname__,
+                            exc_info=True)
+
+        return app.timer(seconds)(guarded)
+
+    return register
+
+
+@contextlib.contextmanager
+def as_current_event(event: Any) -> Iterator[None]:
+    """Handle ``event``, a record fetched outside Faust's stream, as the stream's current
+    event: a table write asks the current event for its changelog partition, and refuses
+    ("Cannot modify table key from outside of stream iteration") without one."""
+    from faust.streams import _current_event
+
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
 @dataclass(frozen=True)
 class RecoveredMessage:
     """The parts of a Faust message the agents read, for a record fetched directly."""
@@ -63,55 +106,155 @@ class RecoveredEvent:
 
 
 class GapFiller:
-    """Finds records Faust's stream skipped and fetches them, so an agent can process them.
+    """Finds records Faust's stream skipped and fetches them, so a reader can handle them.
 
     **Skipped records after a start or a rebalance.** While its flow is suspended (table
     recovery, rebalancing), Faust's consumer abandons the delivery of a fetched record but
     still advances its read offset, and records the hole as a "gap" that it commits past
     (its ``Consumer._drain_messages``; issues 216 and 596 describe the family). The record
     is never processed (seen here: 1 to 3 records per partition in the first second after
-    a restart, tests/integration/test_recovery.py). An agent asks :meth:`missed_before`
-    for each event and processes what it returns first; the engine's duplicate check and
-    the learner's make a record that Faust did deliver after all harmless.
+    a restart, tests/integration/test_recovery.py).
+
+    A hole shows in one of two ways. A later record of the partition comes: the reader
+    asks :meth:`missed_before` for it and handles what it returns first. Or none comes,
+    because the hole was the end of a burst: only the partition's end, ahead of what the
+    reader handled while the partition stayed quiet, shows it; a timer asks
+    :meth:`missed_at_end` (tests/integration/test_learner_recovery.py once waited forever
+    for the last labels). A reader marks each record it handled (:meth:`done`) and skips
+    one it handled already (:meth:`handled`), so a record Faust was merely slow to deliver
+    is handled once.
+
+    Each reader (an agent) keeps its own positions, even on a topic another one reads.
+
+    >>> import asyncio
+    >>> from types import SimpleNamespace as NS
+    >>> def read(settings, topic, partition, start, end):
+    ...     return [NS(topic=topic, partition=partition, offset=o, key=None, value=b"",
+    ...                timestamp=0.0) for o in range(start, end)]
+    >>> gaps = GapFiller(app=None, settings=None, read=read, ends=lambda *a: (0, 12),
+    ...                  committed=lambda *a: None)
+    >>> gaps.done("learn", NS(topic="t", partition=0, offset=4))
+    >>> late = NS(message=NS(topic="t", partition=0, offset=8))
+    >>> [r.message.offset for r in asyncio.run(gaps.missed_before("learn", late))]
+    [5, 6, 7]
+    >>> gaps.done("learn", late.message)
+    >>> [r.message.offset for r in asyncio.run(gaps.missed_at_end("learn", "t", 0, quiet=0))]
+    [9, 10, 11]
     """
 
-    def __init__(self, app: faust.App, settings: Any) -> None:
+    CHUNK = 5000  # records fetched at a time at a partition's end
+    RETRY_SECONDS = 5.0  # the longest wait between two attempts at a hole
+
+    def __init__(self, app: faust.App, settings: Any, read: Callable = read_range,
+                 ends: Callable = watermarks, committed: Callable = committed_offset) -> None:
         self.app = app
         self.settings = settings
-        self._last: dict[tuple[str, int], int] = {}
+        self._read = read
+        self._ends = ends
+        self._committed_at_broker = committed
+        # (reader, topic, partition) -> the newest offset handled, and when.
+        self._last: dict[tuple[str, str, int], int] = {}
+        self._seen_at: dict[tuple[str, str, int], float] = {}
 
     def forget(self, partitions: Any) -> None:
         """A revoked partition's next offset is not ours to expect."""
-        for tp in partitions:
-            self._last.pop((tp.topic, tp.partition), None)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for key in [k for k in {**self._last, **self._seen_at} if k[1:] in gone]:
+            self._last.pop(key, None)
+            self._seen_at.pop(key, None)
 
-    async def missed_before(self, event: Any) -> list[RecoveredEvent]:
+    def handled(self, reader: str, msg: Any) -> bool:
+        """Whether ``reader`` handled this record already (as a hole it fetched)."""
+        last = self._last.get((reader, msg.topic, msg.partition))
+        return last is not None and msg.offset <= last
+
+    def done(self, reader: str, msg: Any) -> None:
+        key = (reader, msg.topic, msg.partition)
+        self._last[key] = max(msg.offset, self._last.get(key, msg.offset))
+        self._seen_at[key] = time.monotonic()
+
+    async def missed_before(self, reader: str, event: Any) -> list[RecoveredEvent]:
+        """The records between the last one ``reader`` handled on the event's partition and
+        the event. A failed read is retried until it succeeds: the event waits, rather than
+        the hole being lost."""
         msg = event.message
-        key = (msg.topic, msg.partition)
-        last = self._last.get(key)
-        if last is None:
-            committed = self._committed(msg.topic, msg.partition)
-            start = committed if committed is not None and committed >= 0 else None
-        else:
-            start = last + 1
-        self._last[key] = max(msg.offset, last if last is not None else msg.offset)
-        if start is None or msg.offset <= start:
-            return []
-        from driftline.topic_reader import read_range
+        delay = 0.5
+        while True:
+            try:
+                start = await self._next(reader, msg.topic, msg.partition)
+                if msg.offset <= start:
+                    return []
+                records = await self._fetch(msg.topic, msg.partition, start, msg.offset)
+            except Exception:  # noqa: BLE001 - Kafka did not answer: the hole waits
+                log.warning("%s: could not fetch the records Faust skipped on %s[%d] before %d; "
+                            "retrying in %.1fs", reader, msg.topic, msg.partition, msg.offset,
+                            delay, exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, self.RETRY_SECONDS)
+                continue
+            log.warning("%s: recovered %d record(s) Faust skipped on %s[%d] between %d and %d",
+                        reader, len(records), msg.topic, msg.partition, start, msg.offset)
+            return records
 
-        records = await asyncio.to_thread(read_range, self.settings, msg.topic, msg.partition,
-                                          start, msg.offset)
-        log.warning("recovered %d record(s) Faust skipped on %s[%d] between %d and %d",
-                    len(records), msg.topic, msg.partition, start, msg.offset)
+    async def missed_at_end(self, reader: str, topic: str, partition: int,
+                            quiet: float) -> list[RecoveredEvent]:
+        """The records at the partition's end that ``reader`` has not handled, once no record
+        came for ``quiet`` seconds (up to :attr:`CHUNK` of them); a failed read raises, and
+        the caller asks again later."""
+        key = (reader, topic, partition)
+        if time.monotonic() - self._seen_at.setdefault(key, time.monotonic()) < quiet:
+            return []
+        start = await self._next(reader, topic, partition)
+        read = self._faust_read(topic, partition)
+        if read is None or read < start:
+            return []  # Faust has not read that far yet: it will deliver them itself
+        _, end = await asyncio.to_thread(self._ends, self.settings, topic, partition)
+        if end <= start:
+            return []
+        records = await self._fetch(topic, partition, start, min(end, start + self.CHUNK))
+        log.warning("%s: %d record(s) of %s[%d] from %d were not delivered in %.0fs",
+                    reader, len(records), topic, partition, start, quiet)
+        return records
+
+    def next_offset(self, reader: str, topic: str, partition: int) -> int | None:
+        """The next offset ``reader`` will handle on a partition: after the last one it
+        handled, or the committed one before it handled any."""
+        last = self._last.get((reader, topic, partition))
+        return last + 1 if last is not None else self._committed(topic, partition)
+
+    async def _next(self, reader: str, topic: str, partition: int) -> int:
+        found = self.next_offset(reader, topic, partition)
+        if found is not None and found >= 0:
+            return found
+        # Faust's bookkeeping is empty until its seek after the recovery, yet it may
+        # deliver a record before that (and says None for a commit of 0): ask the broker.
+        # Before this reader's first record is handled, the group's commit cannot have
+        # moved past a hole in front of it.
+        found = await asyncio.to_thread(self._committed_at_broker, self.settings,
+                                        self.settings.app_id, topic, partition)
+        if found is not None:
+            return found
+        # Nothing committed: Faust started at the partition's first record
+        # (auto_offset_reset="earliest").
+        low, _ = await asyncio.to_thread(self._ends, self.settings, topic, partition)
+        return low
+
+    async def _fetch(self, topic: str, partition: int, start: int, end: int
+                     ) -> list[RecoveredEvent]:
+        records = await asyncio.to_thread(self._read, self.settings, topic, partition, start,
+                                          end)
         return [RecoveredEvent(r.key, r.value, RecoveredMessage(r.topic, r.partition, r.offset,
                                                                 r.timestamp))
                 for r in records]
 
-    def next_offset(self, topic: str, partition: int) -> int | None:
-        """The next offset to process on a partition: after the last one an agent saw, or
-        the committed one before it saw any."""
-        last = self._last.get((topic, partition))
-        return last + 1 if last is not None else self._committed(topic, partition)
+    def _faust_read(self, topic: str, partition: int) -> int | None:
+        """The newest offset Faust's consumer read on a partition (delivered or dropped)."""
+        from faust.types import TP
+
+        try:
+            return self.app.consumer._read_offset.get(TP(topic, partition))
+        except AttributeError:  # a consumer without that bookkeeping: assume it read on
+            return float("inf")
 
     def _committed(self, topic: str, partition: int) -> int | None:
         from faust.types import TP

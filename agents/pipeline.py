@@ -26,11 +26,12 @@ import logging
 import pickle
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 
-from agents.faust_fixes import GapFiller
+from agents.faust_fixes import GapFiller, as_current_event, every
 from driftline.config import Settings
 from driftline.stores import (
     EmbeddingStore,
@@ -63,6 +64,22 @@ from streams.topics import PipelineTopics
 log = logging.getLogger(__name__)
 # How often each pipeline reports its consumer lag.
 LAG_SECONDS = 5.0
+# A partition quiet this long, its end is compared with what its readers handled.
+END_QUIET_SECONDS = 5.0
+
+
+class UnreadTraining(RuntimeError):
+    """Training examples that exist could not be read (Kafka slow or unreachable)."""
+
+
+@dataclass
+class _Reader:
+    """An agent's input: its topic, its handler, and the lock that keeps the records it
+    handles in offset order, whether they come from the stream or from a hole."""
+
+    topic: str
+    handle: Callable
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -101,6 +118,7 @@ class PipelineAgents:
         # their timestamps come from another system's clock.
         self._watermark: dict[int, float] = {}
         self.gaps = GapFiller(app, settings)
+        self._readers: dict[str, _Reader] = {}  # by kind, as each agent starts
 
         self.keys = RedisKeys(settings.redis_prefix, self.name)
         self.learner: OnlineLearner | None = None
@@ -117,10 +135,11 @@ class PipelineAgents:
         app.agent(self.control_topic, name=f"{self.name}-control")(self.control)
         app.task(self.on_start)
         app.on_partitions_revoked.connect(self._on_revoked)
-        app.timer(settings.model_refresh_seconds)(self.refresh_model)
-        app.timer(settings.snapshot_seconds)(self.publish_if_due)
-        app.timer(settings.reconcile_seconds)(self.reconcile)
-        app.timer(LAG_SECONDS)(self.report_lag)
+        every(app, settings.model_refresh_seconds)(self.refresh_model)
+        every(app, settings.snapshot_seconds)(self.publish_if_due)
+        every(app, settings.reconcile_seconds)(self.reconcile)
+        every(app, LAG_SECONDS)(self.report_lag)
+        every(app, END_QUIET_SECONDS)(self.catch_up_ends)
         # Series that count rare things exist at 0 from the start: Prometheus' increase()
         # misses the first count of a series that appears at 1.
         for kind in ("concept", "feature"):
@@ -172,9 +191,10 @@ class PipelineAgents:
         a consumer stops fetching a partition whose records it has not drained, so a stuck
         agent would otherwise show a lag frozen where it stopped."""
         consumer = self.app.consumer
-        inputs = {self.topics.events, self.topics.labels, self.topics.join,
-                  self.topics.training, self.topics.control}
-        mine = [tp for tp in consumer.assignment() if tp.topic in inputs]
+        t = self.topics
+        reader_of = {t.events: "event", t.labels: "label", t.join: "join",
+                     t.training: "training", t.control: "control"}
+        mine = [tp for tp in consumer.assignment() if tp.topic in reader_of]
         if not mine:
             return
         try:
@@ -189,7 +209,7 @@ class PipelineAgents:
                     and self.learner.next_offset is not None:
                 done = self.learner.next_offset
             else:
-                done = self.gaps.next_offset(tp.topic, tp.partition)
+                done = self.gaps.next_offset(reader_of[tp.topic], tp.topic, tp.partition)
             if end is not None and done is not None and done >= 0:
                 m.CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(
                     max(0, end - done))
@@ -377,8 +397,21 @@ class PipelineAgents:
         """
         async with self._learning:
             learner = await self._learner()
-            await self.apply_in_order(learner, event, functools.partial(self._apply, learner),
-                                      reader="learn")
+            delay = 0.5
+            while True:
+                try:
+                    await self.apply_in_order(learner, event,
+                                              functools.partial(self._apply, learner),
+                                              reader="learn")
+                    break
+                except UnreadTraining:
+                    # Dead-lettering this example would leave the ones before it to the
+                    # next example, which at the end of the stream never comes.
+                    log.warning("%s: retrying in %.1fs", self.name, delay, exc_info=True)
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 5.0)
+                    if self.learner is not learner:
+                        return  # the partition was revoked meanwhile: its new owner learns
             await self._report_drift(learner)
             if learner.updates - self._published_updates >= self.s.snapshot_every:
                 await self.publish()
@@ -415,13 +448,20 @@ class PipelineAgents:
 
         Records that retention deleted are lost: they are counted
         (``driftline_labels_replayed_total{action="lost"}``) and the cursor moves past them.
-        A partial read raises: the caller retries rather than skip examples.
+        A failed or partial read raises :class:`UnreadTraining`: the caller retries rather
+        than skip examples.
         """
         start = cursor.next_offset
         topic = self.topics.training
-        records = await asyncio.to_thread(read_range, self.s, topic, 0, start, end)
-        if not records or records[0].offset > start:
-            low, _ = await asyncio.to_thread(watermarks, self.s, topic, 0)
+        try:
+            records = await asyncio.to_thread(read_range, self.s, topic, 0, start, end)
+            low = None
+            if not records or records[0].offset > start:
+                low, _ = await asyncio.to_thread(watermarks, self.s, topic, 0)
+        except Exception as exc:  # noqa: BLE001 - whatever Kafka raised, the caller retries
+            raise UnreadTraining(f"could not read training examples {start}..{end - 1}: "
+                                 f"{exc!r}") from exc
+        if low is not None:
             if low > start:
                 lost = min(low, end) - start
                 log.error("%s: %d training examples (offsets %d..%d) were deleted by retention "
@@ -434,7 +474,7 @@ class PipelineAgents:
             return records
         if cursor.next_offset >= end:
             return []  # all of it deleted by retention
-        raise RuntimeError(f"fetched training examples {start}..{end - 1} only partially")
+        raise UnreadTraining(f"fetched training examples {start}..{end - 1} only partially")
 
     def _apply(self, learner: OnlineLearner, value: bytes, offset: int) -> None:
         # The offset moves on even for an invalid example: it is dead-lettered, not retried.
@@ -628,18 +668,44 @@ class PipelineAgents:
     async def _consume(self, stream: faust.StreamT, kind: str, handle) -> None:
         """Run ``handle`` on each event; nothing that goes wrong stops the agent or is lost.
 
-        Records Faust skipped before this one (see :class:`GapFiller`) are handled first.
+        Records Faust skipped before this one (see :class:`GapFiller`) are handled first;
+        those it skipped at a partition's end, by :meth:`catch_up_ends`.
         """
+        reader = self._readers[kind] = _Reader(stream.channel.get_topic_name(), handle)
         async for event in stream.events():
-            try:
-                skipped = await self.gaps.missed_before(event)
-            except Exception:  # noqa: BLE001 - Kafka did not answer: never stop the agent
-                log.exception("%s: could not fetch records Faust skipped", kind)
-                skipped = []
-            for missed in skipped:
-                m.SKIPPED_RECOVERED.labels(self.name, kind).inc()
-                await self._handle_one(missed, kind, handle)
-            await self._handle_one(event, kind, handle)
+            async with reader.lock:
+                if self.gaps.handled(kind, event.message):
+                    continue  # fetched as a hole already
+                for missed in await self.gaps.missed_before(kind, event):
+                    m.SKIPPED_RECOVERED.labels(self.name, kind).inc()
+                    await self._handle_one(missed, kind, handle)
+                await self._handle_one(event, kind, handle)
+
+    async def catch_up_ends(self, *_: Any) -> None:
+        """Handle the records at a partition's end that Faust skipped: no later record
+        comes to reveal them (see :class:`GapFiller`). Only while the flow runs: during a
+        rebalance or the tables' recovery, records wait for Faust."""
+        if not self.app.flow_control.is_active() \
+                or not self.app.tables.recovery.completed.is_set():
+            return
+        assigned = self.app.consumer.assignment()
+        for kind, reader in list(self._readers.items()):
+            for tp in assigned:
+                if tp.topic != reader.topic:
+                    continue
+                try:
+                    missed = await self.gaps.missed_at_end(kind, tp.topic, tp.partition,
+                                                           quiet=END_QUIET_SECONDS)
+                except Exception:  # noqa: BLE001 - Kafka did not answer: the next round
+                    log.warning("%s: could not read the end of %s[%d]", kind, tp.topic,
+                                tp.partition, exc_info=True)
+                    continue
+                async with reader.lock:
+                    for rec in missed:
+                        if not self.gaps.handled(kind, rec.message):
+                            m.SKIPPED_RECOVERED.labels(self.name, kind).inc()
+                            with as_current_event(rec):
+                                await self._handle_one(rec, kind, reader.handle)
 
     async def _handle_one(self, event, kind: str, handle) -> None:
         msg = event.message
@@ -656,6 +722,7 @@ class PipelineAgents:
                 log.exception("%s: processing failed, dead-lettering", kind)
                 await self.dead_letter(
                     *where, InvalidRecord({"$": f"processing failed: {exc!r}"}), kind, "error")
+            self.gaps.done(kind, msg)
 
     async def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
                           value: bytes | None, exc: InvalidRecord, kind: str,

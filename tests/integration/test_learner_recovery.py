@@ -16,6 +16,7 @@ from driftline.kafka_admin import ensure_pipeline_topics
 from driftline.namespaces import scratch_namespace
 from driftline.processes import worker_process
 from driftline.stores import RedisKeys
+from driftline.topic_reader import watermarks
 from driftline.vectors import collection_names
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
@@ -54,6 +55,19 @@ def served_model(s):
         client.close()
 
 
+def progress(s, topics: PipelineTopics, metrics_url: str) -> str:
+    """Where the labels stopped: each topic's record count and the worker's counts."""
+    counts = topics.partitions(s.partitions)
+    ends = {t: sum(watermarks(s, t, p)[1] for p in range(counts[t]))
+            for t in (topics.events, topics.labels, topics.training)}
+    m = scrape(metrics_url)
+    seen = [f"{k}{labels}={v}" for k, samples in sorted(m.items())
+            if any(w in k for w in ("training", "join", "skipped", "replayed", "labels",
+                                    "deadletter", "events_total"))
+            for labels, v in samples if labels.get("pipeline") == "fraud"]
+    return f"records per topic {ends}; worker: " + "; ".join(seen)
+
+
 def test_a_killed_worker_learns_and_embeds_every_label_exactly_once(own_settings, logs):
     s = own_settings
     topics = PipelineTopics.for_spec(FRAUD, s.namespace)
@@ -85,7 +99,11 @@ def test_a_killed_worker_learns_and_embeds_every_label_exactly_once(own_settings
         def updates() -> int:
             return int(learner_state(s).get("updates", 0))
 
-        wait_for(lambda: updates() >= N, 180, f"{N} labels learned")
+        try:
+            wait_for(lambda: updates() >= N, 180, f"{N} labels learned")
+        except AssertionError:
+            raise AssertionError(f"{updates()} of {N} labels learned; "
+                                 + progress(s, topics, learned_url)) from None
         events_c, entities_c = collection_names(s, "fraud")
         try:
             wait_for(lambda: len(milvus_rows(s, events_c, 'id != ""', ["id"])) >= N, 120,
