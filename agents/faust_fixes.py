@@ -117,8 +117,8 @@ class GapFiller:
 
     A hole shows in one of two ways. A later record of the partition comes: the reader
     asks :meth:`missed_before` for it and handles what it returns first. Or none comes,
-    because the hole was the end of a burst: only the partition's end, ahead of what the
-    reader handled while the partition stayed quiet, shows it; a timer asks
+    because the hole was the end of a burst: only Faust's read position, past what the
+    reader handled while the reader sits idle, shows it; a timer asks
     :meth:`missed_at_end` (tests/integration/test_learner_recovery.py once waited forever
     for the last labels). A reader marks each record it handled (:meth:`done`) and skips
     one it handled already (:meth:`handled`), so a record Faust was merely slow to deliver
@@ -152,16 +152,16 @@ class GapFiller:
         self._read = read
         self._ends = ends
         self._committed_at_broker = committed
-        # (reader, topic, partition) -> the newest offset handled, and when.
+        # (reader, topic, partition) -> the newest offset handled.
         self._last: dict[tuple[str, str, int], int] = {}
-        self._seen_at: dict[tuple[str, str, int], float] = {}
+        # reader -> when it last handled a record, of any partition.
+        self._busy_at: dict[str, float] = {}
 
     def forget(self, partitions: Any) -> None:
         """A revoked partition's next offset is not ours to expect."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
-        for key in [k for k in {**self._last, **self._seen_at} if k[1:] in gone]:
-            self._last.pop(key, None)
-            self._seen_at.pop(key, None)
+        for key in [k for k in self._last if k[1:] in gone]:
+            del self._last[key]
 
     def handled(self, reader: str, msg: Any) -> bool:
         """Whether ``reader`` handled this record already (as a hole it fetched)."""
@@ -171,7 +171,7 @@ class GapFiller:
     def done(self, reader: str, msg: Any) -> None:
         key = (reader, msg.topic, msg.partition)
         self._last[key] = max(msg.offset, self._last.get(key, msg.offset))
-        self._seen_at[key] = time.monotonic()
+        self._busy_at[reader] = time.monotonic()
 
     async def missed_before(self, reader: str, event: Any) -> list[RecoveredEvent]:
         """The records between the last one ``reader`` handled on the event's partition and
@@ -198,11 +198,11 @@ class GapFiller:
 
     async def missed_at_end(self, reader: str, topic: str, partition: int,
                             quiet: float) -> list[RecoveredEvent]:
-        """The records at the partition's end that ``reader`` has not handled, once no record
-        came for ``quiet`` seconds (up to :attr:`CHUNK` of them); a failed read raises, and
-        the caller asks again later."""
-        key = (reader, topic, partition)
-        if time.monotonic() - self._seen_at.setdefault(key, time.monotonic()) < quiet:
+        """The records at the partition's end that ``reader`` has not handled though Faust
+        read past them, once the reader handled nothing for ``quiet`` seconds (an idle
+        reader has nothing queued, so they were dropped); up to :attr:`CHUNK` of them. A
+        failed read raises, and the caller asks again later."""
+        if time.monotonic() - self._busy_at.setdefault(reader, time.monotonic()) < quiet:
             return []
         start = await self._next(reader, topic, partition)
         read = self._faust_read(topic, partition)
@@ -212,8 +212,8 @@ class GapFiller:
         if end <= start:
             return []
         records = await self._fetch(topic, partition, start, min(end, start + self.CHUNK))
-        log.warning("%s: %d record(s) of %s[%d] from %d were not delivered in %.0fs",
-                    reader, len(records), topic, partition, start, quiet)
+        log.warning("%s: %d record(s) of %s[%d] from %d were read by Faust but not delivered",
+                    reader, len(records), topic, partition, start)
         return records
 
     def next_offset(self, reader: str, topic: str, partition: int) -> int | None:

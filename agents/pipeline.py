@@ -64,7 +64,7 @@ from streams.topics import PipelineTopics
 log = logging.getLogger(__name__)
 # How often each pipeline reports its consumer lag.
 LAG_SECONDS = 5.0
-# A partition quiet this long, its end is compared with what its readers handled.
+# A reader idle this long, Faust's read positions are compared with what it handled.
 END_QUIET_SECONDS = 5.0
 
 

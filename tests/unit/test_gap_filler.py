@@ -96,13 +96,20 @@ def test_a_failed_read_is_retried_until_the_hole_is_read():
     assert part.reads == [(20, 22)] * 3
 
 
-def test_the_end_of_a_quiet_partition_is_compared_with_what_the_reader_handled():
+def test_the_end_is_compared_with_what_an_idle_reader_handled():
     gaps = filler(Partition(0, 30), committed=0)
     gaps.done("label", event(26).message)
     assert asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=60)) == []  # not quiet yet
     assert offsets(asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=0))) == [27, 28, 29]
     gaps.done("label", event(29).message)
     assert asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=0)) == []
+
+
+def test_a_reader_busy_on_another_partition_still_has_records_queued():
+    gaps = filler(Partition(0, 30), committed=0)
+    gaps.done("label", event(26).message)
+    gaps.done("label", NS(topic="t", partition=1, offset=3))
+    assert asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=60)) == []
 
 
 def test_records_faust_has_not_read_yet_are_left_to_faust():
