@@ -138,6 +138,8 @@ class GapFiller:
     >>> [r.message.offset for r in asyncio.run(gaps.missed_before("learn", late))]
     [5, 6, 7]
     >>> gaps.done("learn", late.message)
+    >>> asyncio.run(gaps.missed_at_end("learn", "t", 0, quiet=0))  # 9 read, not handled: wait
+    []
     >>> [r.message.offset for r in asyncio.run(gaps.missed_at_end("learn", "t", 0, quiet=0))]
     [9, 10, 11]
     """
@@ -156,12 +158,16 @@ class GapFiller:
         self._last: dict[tuple[str, str, int], int] = {}
         # reader -> when it last handled a record, of any partition.
         self._busy_at: dict[str, float] = {}
+        # (reader, topic, partition) -> the next offset to handle, already read by Faust
+        # at the previous call of missed_at_end.
+        self._suspect: dict[tuple[str, str, int], int] = {}
 
     def forget(self, partitions: Any) -> None:
         """A revoked partition's next offset is not ours to expect."""
         gone = {(tp.topic, tp.partition) for tp in partitions}
-        for key in [k for k in self._last if k[1:] in gone]:
-            del self._last[key]
+        for key in [k for k in {**self._last, **self._suspect} if k[1:] in gone]:
+            self._last.pop(key, None)
+            self._suspect.pop(key, None)
 
     def handled(self, reader: str, msg: Any) -> bool:
         """Whether ``reader`` handled this record already (as a hole it fetched)."""
@@ -199,15 +205,24 @@ class GapFiller:
     async def missed_at_end(self, reader: str, topic: str, partition: int,
                             quiet: float) -> list[RecoveredEvent]:
         """The records at the partition's end that ``reader`` has not handled though Faust
-        read past them, once the reader handled nothing for ``quiet`` seconds (an idle
-        reader has nothing queued, so they were dropped); up to :attr:`CHUNK` of them. A
-        failed read raises, and the caller asks again later."""
-        if time.monotonic() - self._busy_at.setdefault(reader, time.monotonic()) < quiet:
-            return []
-        start = await self._next(reader, topic, partition)
+        read past them at the previous call, if the reader handled nothing for ``quiet``
+        seconds since (an idle reader has nothing queued, so they were dropped); up to
+        :attr:`CHUNK` of them. Call it every ``quiet`` seconds. A failed read raises, and
+        the caller asks again later.
+
+        Faust may read a batch a moment before the idle reader gets its first record: a
+        record read past only counts as dropped when it is still unhandled a call later.
+        """
+        key = (reader, topic, partition)
+        idle = time.monotonic() - self._busy_at.setdefault(reader, time.monotonic()) >= quiet
         read = self._faust_read(topic, partition)
-        if read is None or read < start:
-            return []  # Faust has not read that far yet: it will deliver them itself
+        start = await self._next(reader, topic, partition) if idle and read is not None else 0
+        if not idle or read is None or read < start:
+            self._suspect.pop(key, None)  # busy, or Faust has not read that far yet
+            return []
+        if self._suspect.get(key) != start:
+            self._suspect[key] = start  # dropped, if still unhandled at the next call
+            return []
         _, end = await asyncio.to_thread(self._ends, self.settings, topic, partition)
         if end <= start:
             return []
@@ -232,12 +247,13 @@ class GapFiller:
         # moved past a hole in front of it.
         found = await asyncio.to_thread(self._committed_at_broker, self.settings,
                                         self.settings.app_id, topic, partition)
-        if found is not None:
-            return found
-        # Nothing committed: Faust started at the partition's first record
-        # (auto_offset_reset="earliest").
-        low, _ = await asyncio.to_thread(self._ends, self.settings, topic, partition)
-        return low
+        if found is None:
+            # Nothing committed: Faust started at the partition's first record
+            # (auto_offset_reset="earliest").
+            found, _ = await asyncio.to_thread(self._ends, self.settings, topic, partition)
+        # Kept as the reader's reference: Faust delivers nothing before it.
+        self._last[(reader, topic, partition)] = found - 1
+        return found
 
     async def _fetch(self, topic: str, partition: int, start: int, end: int
                      ) -> list[RecoveredEvent]:

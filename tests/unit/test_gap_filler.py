@@ -96,42 +96,60 @@ def test_a_failed_read_is_retried_until_the_hole_is_read():
     assert part.reads == [(20, 22)] * 3
 
 
-def test_the_end_is_compared_with_what_an_idle_reader_handled():
+def end(gaps: GapFiller, quiet: float = 0) -> list[int]:
+    return offsets(asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=quiet)))
+
+
+def test_records_faust_read_past_and_an_idle_reader_never_handled_were_dropped():
     gaps = filler(Partition(0, 30), committed=0)
     gaps.done("label", event(26).message)
-    assert asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=60)) == []  # not quiet yet
-    assert offsets(asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=0))) == [27, 28, 29]
+    assert end(gaps, quiet=60) == []  # the reader handled one just now
+    assert end(gaps) == []  # read past: unhandled a call later, it was dropped
+    assert end(gaps) == [27, 28, 29]
     gaps.done("label", event(29).message)
-    assert asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=0)) == []
+    assert end(gaps) == [] and end(gaps) == []
+
+
+def test_a_batch_read_just_before_an_idle_reader_gets_it_is_not_a_hole():
+    gaps = filler(Partition(0, 30), committed=0)
+    gaps.done("label", event(26).message)
+    assert end(gaps) == []  # Faust read 27..29 a moment ago
+    gaps.done("label", event(27).message)  # and the reader got them
+    assert end(gaps) == []
+    gaps.done("label", event(29).message)
+    assert end(gaps) == []
 
 
 def test_a_reader_busy_on_another_partition_still_has_records_queued():
     gaps = filler(Partition(0, 30), committed=0)
     gaps.done("label", event(26).message)
+    assert end(gaps) == []
     gaps.done("label", NS(topic="t", partition=1, offset=3))
-    assert asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=60)) == []
+    assert end(gaps, quiet=60) == []
+    assert end(gaps) == []  # the suspicion started over
 
 
 def test_records_faust_has_not_read_yet_are_left_to_faust():
     gaps = filler(Partition(0, 30), committed=0, faust_read=26)
     gaps.done("label", event(26).message)
-    assert asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=0)) == []
+    assert end(gaps) == [] and end(gaps) == []
 
 
-def test_a_partition_that_never_delivered_is_read_from_its_committed_offset_once_quiet():
+def test_a_partition_that_never_delivered_is_read_from_its_committed_offset():
     gaps = filler(Partition(0, 12), committed=9)
-    assert asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=60)) == []  # starts the clock
-    assert offsets(asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=0))) == [9, 10, 11]
+    assert end(gaps, quiet=60) == []  # starts the clock
+    assert end(gaps) == []
+    assert end(gaps) == [9, 10, 11]
 
 
 def test_the_end_is_read_a_chunk_at_a_time_and_a_failure_raises_for_the_next_round():
     part = Partition(0, 12_000, failures=1)
     gaps = filler(part, committed=0)
     gaps.done("label", event(99).message)
+    assert end(gaps) == []
     with pytest.raises(TimeoutError):
-        asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=0))
-    got = asyncio.run(gaps.missed_at_end("label", "t", 0, quiet=0))
-    assert offsets(got) == list(range(100, 100 + GapFiller.CHUNK))
+        end(gaps)
+    assert end(gaps) == list(range(100, 100 + GapFiller.CHUNK))
 
 
 def test_a_revoked_partition_forgets_every_readers_position():
