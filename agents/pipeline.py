@@ -410,8 +410,6 @@ class PipelineAgents:
                     log.warning("%s: retrying in %.1fs", self.name, delay, exc_info=True)
                     await asyncio.sleep(delay)
                     delay = min(2 * delay, 5.0)
-                    if self.learner is not learner:
-                        return  # the partition was revoked meanwhile: its new owner learns
             await self._report_drift(learner)
             if learner.updates - self._published_updates >= self.s.snapshot_every:
                 await self.publish()
@@ -701,6 +699,9 @@ class PipelineAgents:
                                 tp.partition, exc_info=True)
                     continue
                 async with reader.lock:
+                    if not self.app.flow_control.is_active() \
+                            or tp not in self.app.consumer.assignment():
+                        return  # a rebalance began while the records were fetched
                     for rec in missed:
                         if not self.gaps.handled(kind, rec.message):
                             m.SKIPPED_RECOVERED.labels(self.name, kind).inc()

@@ -182,3 +182,15 @@ def test_a_record_fetched_outside_the_stream_writes_to_tables_on_its_own_partiti
     with as_current_event(RecoveredEvent(b"card", b"{}", RecoveredMessage("t", 2, 7, 0.0))):
         table["card"] = 1
     assert sent == [(2, "card", 1)]
+
+
+def test_what_the_reader_handled_while_the_broker_answered_counts():
+    gaps = filler(Partition(0, 100), committed=None)
+
+    def broker_answers_late(settings, group, topic, partition):
+        gaps.done("join", event(3).message)  # meanwhile, the stream brought 0..3
+        return 0
+
+    gaps._committed_at_broker = broker_answers_late
+    assert offsets(asyncio.run(gaps.missed_before("join", event(6)))) == [4, 5]
+
