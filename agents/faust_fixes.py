@@ -120,10 +120,10 @@ class GapFiller:
     asks :meth:`missed_before` for it and handles what it returns first. Or none comes,
     because the hole was the end of a burst: only Faust's read position, past what the
     reader handled while the reader sits idle, shows it; a timer asks
-    :meth:`missed_at_end` (tests/integration/test_learner_recovery.py once waited forever
-    for the last labels). A reader marks each record it handled (:meth:`done`) and skips
-    one it handled already (:meth:`handled`), so a record Faust was merely slow to deliver
-    is handled once.
+    :meth:`missed_at_end` (the likeliest reason why, in CI, the learner's kill -9 test once
+    waited in vain for the last labels). A reader marks each record it handled
+    (:meth:`done`) and skips one it handled already (:meth:`handled`), so a record Faust
+    was merely slow to deliver is handled once.
 
     Each reader (an agent) keeps its own positions, even on a topic another one reads.
 
