@@ -20,16 +20,17 @@ import logging
 import shutil
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 
 from driftline.topic_reader import committed_offset, read_range, watermarks
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def flush_waits_for_delivery(app: faust.App) -> None:
@@ -72,6 +73,21 @@ def every(app: faust.App, seconds: float) -> Callable[[Callable], Callable]:
         return app.timer(seconds)(guarded)
 
     return register
+
+
+async def retried(attempt: Callable[[], Awaitable[T]], retry_on: type[BaseException],
+                  what: str, longest: float = 5.0) -> T:
+    """``await attempt()`` until it does not raise ``retry_on``, waiting 0.5 s, 1 s, 2 s...
+    up to ``longest`` between tries: for reads of records that exist, which must not be
+    skipped (a dead letter or an empty answer would lose them)."""
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except retry_on:
+            log.warning("%s failed; retrying in %.1fs", what, delay, exc_info=True)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, longest)
 
 
 @contextlib.contextmanager
@@ -185,23 +201,19 @@ class GapFiller:
         the event. A failed read is retried until it succeeds: the event waits, rather than
         the hole being lost."""
         msg = event.message
-        delay = 0.5
-        while True:
-            try:
-                start = await self._next(reader, msg.topic, msg.partition)
-                if msg.offset <= start:
-                    return []
-                records = await self._fetch(msg.topic, msg.partition, start, msg.offset)
-            except Exception:  # noqa: BLE001 - Kafka did not answer: the hole waits
-                log.warning("%s: could not fetch the records Faust skipped on %s[%d] before %d; "
-                            "retrying in %.1fs", reader, msg.topic, msg.partition, msg.offset,
-                            delay, exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, self.RETRY_SECONDS)
-                continue
+
+        async def attempt() -> list[RecoveredEvent]:
+            start = await self._next(reader, msg.topic, msg.partition)
+            if msg.offset <= start:
+                return []
+            records = await self._fetch(msg.topic, msg.partition, start, msg.offset)
             log.warning("%s: recovered %d record(s) Faust skipped on %s[%d] between %d and %d",
                         reader, len(records), msg.topic, msg.partition, start, msg.offset)
             return records
+
+        return await retried(attempt, Exception, f"{reader}: fetching the records Faust "
+                             f"skipped on {msg.topic}[{msg.partition}] before {msg.offset}",
+                             longest=self.RETRY_SECONDS)
 
     async def missed_at_end(self, reader: str, topic: str, partition: int,
                             quiet: float) -> list[RecoveredEvent]:
@@ -216,9 +228,11 @@ class GapFiller:
         """
         key = (reader, topic, partition)
         idle = time.monotonic() - self._busy_at.setdefault(reader, time.monotonic()) >= quiet
-        read = self._faust_read(topic, partition)
-        start = await self._next(reader, topic, partition) if idle and read is not None else 0
-        if not idle or read is None or read < start:
+        read = self._book("_read_offset", topic, partition, missing=float("inf"))
+        # Only an idle reader's position is worth asking for (the broker, at worst).
+        start = await self._next(reader, topic, partition) if idle and read is not None \
+            else None
+        if start is None or read < start:
             self._suspect.pop(key, None)  # busy, or Faust has not read that far yet
             return []
         if self._suspect.get(key) != start:
@@ -236,7 +250,9 @@ class GapFiller:
         """The next offset ``reader`` will handle on a partition: after the last one it
         handled, or the committed one before it handled any."""
         last = self._last.get((reader, topic, partition))
-        return last + 1 if last is not None else self._committed(topic, partition)
+        if last is not None:
+            return last + 1
+        return self._book("_committed_offset", topic, partition, missing=None)
 
     async def _next(self, reader: str, topic: str, partition: int) -> int:
         found = self.next_offset(reader, topic, partition)
@@ -264,23 +280,17 @@ class GapFiller:
                                                                 r.timestamp))
                 for r in records]
 
-    def _faust_read(self, topic: str, partition: int) -> int | None:
-        """The newest offset Faust's consumer read on a partition (delivered or dropped);
-        right after its seek, the committed offset, which it has not read yet."""
+    def _book(self, name: str, topic: str, partition: int, missing: Any) -> Any:
+        """An entry of the Faust consumer's bookkeeping for a partition: ``_committed_offset``
+        (None for a commit of 0, and before its seek) or ``_read_offset`` (the newest offset
+        it read, delivered or dropped; right after its seek, the committed one, not read
+        yet). ``missing`` for a consumer without that bookkeeping."""
         from faust.types import TP
 
         try:
-            return self.app.consumer._read_offset.get(TP(topic, partition))
-        except AttributeError:  # a consumer without that bookkeeping: assume it read on
-            return float("inf")
-
-    def _committed(self, topic: str, partition: int) -> int | None:
-        from faust.types import TP
-
-        try:
-            return self.app.consumer._committed_offset.get(TP(topic, partition))
-        except AttributeError:  # a consumer without that bookkeeping: nothing to compare
-            return None
+            return getattr(self.app.consumer, name).get(TP(topic, partition))
+        except AttributeError:
+            return missing
 
 
 CLEAN_SHUTDOWN = ".clean-shutdown"

@@ -31,7 +31,7 @@ from typing import Any
 
 import faust
 
-from agents.faust_fixes import GapFiller, as_current_event, every
+from agents.faust_fixes import GapFiller, as_current_event, every, retried
 from driftline.config import Settings
 from driftline.stores import (
     EmbeddingStore,
@@ -246,7 +246,8 @@ class PipelineAgents:
         started = time.perf_counter()
         record = parse(self.p.event_type, event.value)
         entity = self.p.entity_of(record)
-        annotate(event_id=self.p.event_id_of(record), entity=entity_ref(entity))
+        event_id = self.p.event_id_of(record)
+        annotate(event_id=event_id, entity=entity_ref(entity))
         event_time = self.p.time_of(record)
         prior = self.entity_state.get(entity)
         # Read for every event, not from the periodic copy: one event between an erasure
@@ -269,7 +270,6 @@ class PipelineAgents:
         snap = self.live.current if self.live else None
         proba = predict(snap.model, self.p.task, features) if snap else 0.0
         version = snap.version if snap else "none"
-        event_id = self.p.event_id_of(record)
         annotate(model_version=version)
         if not erased:  # an event from before the erasure is scored, and not remembered
             self.entity_state[entity] = state
@@ -310,8 +310,8 @@ class PipelineAgents:
 
     async def _forward_one(self, event: faust.EventT) -> None:
         label = parse(self.p.label_type, event.value)
-        annotate(event_id=self.p.event_id_of(label))
         event_id = self.p.event_id_of(label)
+        annotate(event_id=event_id)
         await self.join_topic.send(key=event_id.encode(), value=b"L" + label.to_json())
         m.EVENTS.labels(self.name, "label", "ok").inc()
 
@@ -397,19 +397,11 @@ class PipelineAgents:
         """
         async with self._learning:
             learner = await self._learner()
-            delay = 0.5
-            while True:
-                try:
-                    await self.apply_in_order(learner, event,
-                                              functools.partial(self._apply, learner),
-                                              reader="learn")
-                    break
-                except UnreadTraining:
-                    # Dead-lettering this example would leave the ones before it to the
-                    # next example, which at the end of the stream never comes.
-                    log.warning("%s: retrying in %.1fs", self.name, delay, exc_info=True)
-                    await asyncio.sleep(delay)
-                    delay = min(2 * delay, 5.0)
+            # Dead-lettering this example would leave the unread ones before it to the
+            # next example, which at the end of the stream never comes.
+            await retried(lambda: self.apply_in_order(
+                learner, event, functools.partial(self._apply, learner), reader="learn"),
+                UnreadTraining, f"{self.name}: learning")
             await self._report_drift(learner)
             if learner.updates - self._published_updates >= self.s.snapshot_every:
                 await self.publish()

@@ -68,19 +68,19 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
                          "group.id": f"driftline-reader-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     out: list[TopicRecord] = []
+    reached = start  # the offset after the last record read
     try:
         consumer.assign([TopicPartition(topic, partition, start)])
         deadline = time.monotonic() + timeout
-        while True:
+        while reached < end:
             if time.monotonic() > deadline:
-                reached = out[-1].offset + 1 if out else start
                 raise TimeoutError(f"reading {topic}[{partition}] {start}..{end - 1}: no record "
                                    f"for {timeout:.0f}s at offset {reached}")
             msg = consumer.poll(0.2)
             if msg is None:
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
                                                          timeout=timeout)
-                if high <= (out[-1].offset + 1 if out else start):
+                if high <= reached:
                     break
                 continue
             if msg.error():
@@ -88,9 +88,8 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
             if msg.offset() >= end:
                 break
             out.append(_record(msg))
+            reached = msg.offset() + 1
             deadline = time.monotonic() + timeout  # a large range takes as long as it takes
-            if msg.offset() + 1 >= end:
-                break
     finally:
         consumer.close()
     return out
