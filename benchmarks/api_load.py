@@ -422,8 +422,21 @@ def log_problems(path: Path) -> list[str]:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return []
-    return [line for line in lines
-            if any(word in line for word in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))]
+    return [line for line in lines if _is_problem(line)]
+
+
+def _is_problem(line: str) -> bool:
+    """A warning, error or traceback line, in either log format (DRIFTLINE_LOG_FORMAT):
+    JSON lines carry the level as a field, which the words of a text line never match."""
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            return record.get("level") in ("WARNING", "ERROR", "CRITICAL") \
+                or "exc_info" in record
+    return any(word in line for word in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))
 
 
 async def run_servers(servers: list[Server], requests: Requests, args: argparse.Namespace,
