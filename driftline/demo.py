@@ -59,7 +59,7 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
     worker.start()
     retrainer.start()
     api.start()
-    metrics_url = f"http://127.0.0.1:{settings.worker_port}/metrics"
+    metrics_url = settings.worker_metrics_url  # where the dashboard reads it too
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     print(f"live dashboard: {api_url}/dashboard (open it in a browser while the demo runs)",
           flush=True)

@@ -86,9 +86,9 @@ async def observe_and_shape_errors(request: web.Request, handler):
     except Exception:  # noqa: BLE001 - the caller still gets JSON, the log gets the trace
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error(500, "internal error")
-    m.HTTP_REQUESTS.labels(route, method, str(response.status)).inc()
-    m.HTTP_SECONDS.labels(route, method, str(response.status)).observe(
-        time.perf_counter() - started)
+    status = str(response.status)
+    m.HTTP_REQUESTS.labels(route, method, status).inc()
+    m.HTTP_SECONDS.labels(route, method, status).observe(time.perf_counter() - started)
     return response
 
 

@@ -24,7 +24,7 @@ one this process serves, as ``/healthz`` reports it.
 The history lives in the process's memory: a new process starts an empty chart, and
 under a pool each process keeps its own (the numbers agree; the page keeps to the
 process its connection reaches). The logic (:class:`Ring`, :func:`increase`,
-:func:`histogram_quantile`, :class:`Dashboard`) does no I/O; :class:`Sampler` does.
+:func:`bucket_increase`, :class:`Dashboard`) does no I/O; :class:`Sampler` does.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from aiohttp import web
 from driftline.config import Settings
 from driftline.stores import RedisKeys
 from monitoring import metrics as m
+from monitoring.quantiles import histogram_quantile
 from monitoring.scrape import Scrape, parse
 from serving.errors import error
 
@@ -125,32 +126,6 @@ def bucket_increase(before: Buckets, after: Buckets) -> Buckets:
     if any(count < old.get(le, 0.0) for le, count in after):
         return list(after)
     return [(le, count - old.get(le, 0.0)) for le, count in after]
-
-
-def histogram_quantile(q: float, buckets: Buckets) -> float | None:
-    """The ``q``-quantile of the observations in cumulative ``buckets``, interpolated
-    linearly inside its bucket (as Prometheus' ``histogram_quantile``; a quantile in the
-    +Inf bucket is the highest finite bound). None without observations.
-
-    >>> b = [(0.01, 50.0), (0.1, 90.0), (1.0, 100.0), (math.inf, 100.0)]
-    >>> histogram_quantile(0.5, b), round(histogram_quantile(0.99, b), 3)
-    (0.01, 0.91)
-    >>> histogram_quantile(0.99, [(0.01, 1.0), (math.inf, 10.0)])
-    0.01
-    >>> histogram_quantile(0.5, [(0.01, 0.0), (math.inf, 0.0)]) is None
-    True
-    """
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    lower, below = 0.0, 0.0
-    for upper, count in buckets:
-        if count >= rank and count > below:
-            if math.isinf(upper):
-                return lower
-            return lower + (upper - lower) * (rank - below) / (count - below)
-        lower, below = upper, count
-    return lower
 
 
 def finite(value: Any) -> float | None:
@@ -326,8 +301,8 @@ class Dashboard:
         if len(self._latency) > 1:
             window = bucket_increase(self._latency[0], self._latency[-1])
             for q, key in ((0.5, "p50"), (0.99, "p99")):
-                seconds = histogram_quantile(q, window)
-                sample[key] = finite(seconds * 1000) if seconds is not None else None
+                seconds = histogram_quantile(q, window) if window else math.nan
+                sample[key] = finite(seconds * 1000)  # NaN without observations: None
         self._requests = requests
         self.api.append(sample)
 

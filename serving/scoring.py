@@ -254,10 +254,10 @@ class PipelineScorer:
         m.API_SCORES.labels(self.name, "shadow", "ok").inc()
         m.API_SCORE_VALUE.labels(self.name, "shadow").observe(value)
         m.SHADOW_DIFFERENCE.labels(self.name).observe(abs(value - served))
+        event_id = self.spec.event_id_of(event)
         shadow_log.info("shadow %s event=%s champion=%s:%.6g challenger=%s:%.6g",
-                        self.name, self.spec.event_id_of(event), served_version, served,
-                        challenger.version, value,
-                        extra={"pipeline": self.name, "event_id": self.spec.event_id_of(event),
+                        self.name, event_id, served_version, served, challenger.version, value,
+                        extra={"pipeline": self.name, "event_id": event_id,
                                "entity": entity_ref(entity), "model_version": served_version,
                                "challenger_version": challenger.version, "score": served,
                                "challenger_score": value})
