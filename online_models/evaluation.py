@@ -65,11 +65,20 @@ def error_of(task: str, label: bool | float, score: float) -> float:
     return abs(float(label) - score)
 
 
-def better(metric: str, challenger: float, champion: float, margin: float) -> bool:
-    """Whether ``challenger`` beats ``champion`` on ``metric`` by at least ``margin``."""
+def bigger_is_better(metric: str) -> bool:
+    """Whether a higher ``metric`` is a better model, as River's metric says.
+
+    >>> bigger_is_better("roc_auc"), bigger_is_better("log_loss")
+    (True, False)
+    """
     for by_name in METRICS.values():
         if metric in by_name:
-            if by_name[metric]().bigger_is_better:
-                return challenger >= champion + margin
-            return challenger <= champion - margin
+            return by_name[metric]().bigger_is_better
     raise ValueError(f"unknown metric {metric!r}")
+
+
+def better(metric: str, challenger: float, champion: float, margin: float) -> bool:
+    """Whether ``challenger`` beats ``champion`` on ``metric`` by at least ``margin``."""
+    if bigger_is_better(metric):
+        return challenger >= champion + margin
+    return challenger <= champion - margin

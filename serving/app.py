@@ -377,8 +377,7 @@ async def end_traffic(request: web.Request) -> web.Response:
 
 @requires("scorer")
 async def healthz(request: web.Request) -> web.Response:
-    models = {name: (s.champion.current.version if s.champion.current else None)
-              for name, s in request.app[SCORERS].items()}
+    models = {name: s.serving_version for name, s in request.app[SCORERS].items()}
     return web.json_response({"status": "ok", "models": models})
 
 

@@ -49,6 +49,7 @@ from driftline.stores import RedisKeys
 from monitoring import metrics as m
 from monitoring.quantiles import histogram_quantile
 from monitoring.scrape import Scrape, parse
+from online_models.evaluation import bigger_is_better
 from serving.errors import error
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ WORKER_TIMEOUT_SECONDS = 1.5   # a slower worker /metrics counts as down for tha
 MAX_MARKERS = 500              # per pipeline, besides the time bound
 OWN_ROUTES = frozenset({"/dashboard", "/dashboard/data"})  # not counted as API traffic
 SCORE_ROUTE_PREFIX = "/v1/score/"                        # whose latency is shown
-LOWER_IS_BETTER = frozenset({"log_loss", "mae", "rmse", "mse"})
 
 
 # ---- pure logic --------------------------------------------------------------------------
@@ -358,7 +358,7 @@ class Dashboard:
             pipelines[name] = {
                 "task": p.task,
                 "metric": p.metric,
-                "lower_is_better": p.metric in LOWER_IS_BETTER,
+                "lower_is_better": not bigger_is_better(p.metric),
                 "current": {
                     "version": serving.get(name),
                     "revision": p.learner.get("revision"),
@@ -427,8 +427,7 @@ class Sampler:
         if not self._watched():
             self._wake.set()  # someone looks again: sample now, and often
         self._watched_at = time.monotonic()
-        serving = {name: (s.champion.current.version if s.champion.current else None)
-                   for name, s in self.scorers.items()}
+        serving = {name: s.serving_version for name, s in self.scorers.items()}
         body = self.dashboard.data(since, serving)
         body["worker"]["url"] = self.worker_url
         body["process"] = {"pid": os.getpid(),

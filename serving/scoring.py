@@ -138,6 +138,11 @@ class PipelineScorer:
 
     # ---- models: swapped in the background, never loaded by a request ------------------
 
+    @property
+    def serving_version(self) -> str | None:
+        """The champion's version this process serves (None before the first load)."""
+        return self.champion.current.version if self.champion.current else None
+
     async def refresh(self) -> bool:
         """Load a newer champion (and its fallback) and the current split; whether the
         champion changed."""
