@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.processes import api_process
+from driftline.processes import api_process, api_url, http_ok
 from driftline.stack import ensure_debian_binary, free_port
 from monitoring.scrape import scrape
 from streams.generators.pricing import PricingGenerator, PricingStreamConfig
@@ -157,7 +157,7 @@ def test_the_worker_and_api_expositions_pass_promtool_check_metrics(promtool, se
     pool_settings = settings.with_overrides(api_port=free_port())
     pool = api_process(pool_settings, logs / "prometheus-test", workers=2).start()
     try:
-        pool_url = f"http://{pool_settings.api_host}:{pool_settings.api_port}"
+        pool_url = api_url(pool_settings)
         status, _ = call(f"{pool_url}/v1/score/pricing", traffic["ride"])
         assert status == 200
         findings["api --workers 2"] = lint(promtool, f"{pool_url}/metrics")
@@ -205,11 +205,7 @@ def prometheus(prometheus_binary, promtool, settings, worker, api, tmp_path_fact
             if proc.poll() is not None:
                 raise AssertionError(f"prometheus exited with {proc.returncode}:\n"
                                      f"{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
+            return http_ok(f"{base}/-/ready")
 
         wait_for(ready, 30, "prometheus ready", interval=0.2)
         yield base
