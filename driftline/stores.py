@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from driftline.config import Settings
@@ -77,11 +78,20 @@ class FeatureStore:
 
     async def put(self, entity: str, features: dict[str, float], state: dict[str, Any],
                   event_time: float) -> None:
-        mapping: dict[str, Any] = {k: repr(float(v)) for k, v in features.items()}
-        mapping["_event_time"] = repr(event_time)
-        mapping["_state"] = json.dumps(state, separators=(",", ":"))
-        mapping["_written_at"] = repr(time.time())
-        await self.r.hset(self.keys.features(entity), mapping=mapping)
+        await self.put_many([(entity, features, state, event_time)])
+
+    async def put_many(self, rows: list[tuple[str, dict[str, float], dict[str, Any], float]]
+                       ) -> None:
+        """Write each ``(entity, features, state, event_time)`` in one round trip."""
+        written_at = repr(time.time())
+        async with self.r.pipeline(transaction=False) as pipe:
+            for entity, features, state, event_time in rows:
+                mapping: dict[str, Any] = {k: repr(float(v)) for k, v in features.items()}
+                mapping["_event_time"] = repr(event_time)
+                mapping["_state"] = orjson.dumps(state)  # the same JSON, a tenth of the time
+                mapping["_written_at"] = written_at
+                pipe.hset(self.keys.features(entity), mapping=mapping)
+            await pipe.execute()
 
     async def delete(self, entity: str) -> bool:
         """Erase the entity's features and window state; whether there were any."""
@@ -121,6 +131,8 @@ class ModelSnapshot:
     # Unique per publication: a rollback can publish a different model under a version
     # string seen before (``v2.1000``), so caches and swaps key on this, not the version.
     snapshot_id: str = ""
+    # When the oldest label new in this snapshot became a training example (None: unknown).
+    oldest_label_at: float | None = None
 
 
 class SnapshotStore:
@@ -133,30 +145,35 @@ class SnapshotStore:
         self.key = key or keys.model
 
     async def publish(self, model: Any, version: str, *, only_if_absent: bool = False,
-                      checkpoint: Any = None, fallback: Any = None,
-                      fallback_examples: int = 0) -> bool:
+                      fallback: Any = None, fallback_examples: int = 0,
+                      oldest_label_at: float | None = None) -> bool:
         """Store ``model`` as ``version``; with ``only_if_absent``, only when none exists.
 
-        A ``checkpoint`` (the learner, which knows the input offset its model reflects) is
-        written in the same transaction, so the served model and the checkpoint never
-        disagree after a crash."""
-        # Both pickled before the first await: nothing can change them half-way.
+        ``oldest_label_at`` is when the oldest label this model has learned and the one
+        before it had not became a training example (a scorer that swaps it in measures
+        label-to-serving time from it)."""
+        # Pickled before the first await: nothing can change them half-way.
         mapping = {"blob": pickle.dumps(model), "version": version,
                    "published_at": repr(time.time()), "id": uuid.uuid4().hex}
         if fallback is not None:
             mapping["fallback"] = pickle.dumps(fallback)
             mapping["fallback_examples"] = str(fallback_examples)
-        state = pickle.dumps(checkpoint) if checkpoint is not None else None
+        if oldest_label_at is not None:
+            mapping["oldest_label_at"] = repr(oldest_label_at)
         if only_if_absent:
             # HSETNX on the version claims the key; the losers of a race write nothing.
             if not await self.r.hsetnx(self.key, "version", version):
                 return False
-        async with self.r.pipeline(transaction=True) as tx:
-            tx.hset(self.key, mapping=mapping)
-            if state is not None:
-                tx.hset(self.keys.checkpoint, mapping={"state": state, "version": version})
-            await tx.execute()
+        await self.r.hset(self.key, mapping=mapping)
         return True
+
+    async def save_checkpoint(self, learner: Any, version: str) -> None:
+        """The learner's whole state (its model, its input offset, the drift monitors'
+        windows): heavier than the model, so written on a cadence of its own. After a
+        crash the learner resumes from it and learns again, from the training log, what
+        came after; the served model may be ahead of it meanwhile, never behind for long."""
+        await self.r.hset(self.keys.checkpoint,
+                          mapping={"state": pickle.dumps(learner), "version": version})
 
     async def load_checkpoint(self) -> Any:
         """The learner as last checkpointed, or None."""
@@ -170,14 +187,15 @@ class SnapshotStore:
         return value.decode() if value is not None else None
 
     async def load(self) -> ModelSnapshot | None:
-        blob, version, at, fallback, examples, found = await self.r.hmget(
+        blob, version, at, fallback, examples, found, label_at = await self.r.hmget(
             self.key, ["blob", "version", "published_at", "fallback", "fallback_examples",
-                       "id"])
+                       "id", "oldest_label_at"])
         if blob is None or version is None:
             return None
         return ModelSnapshot(pickle.loads(blob), version.decode(), float(at or 0),
                              pickle.loads(fallback) if fallback is not None else None,
-                             int(examples or 0), (found or version).decode())
+                             int(examples or 0), (found or version).decode(),
+                             float(label_at) if label_at is not None else None)
 
     async def delete(self) -> None:
         await self.r.delete(self.key)
@@ -212,8 +230,15 @@ class EmbeddingStore:
 
     async def forgotten_until(self, entity: str) -> float | None:
         """The event time up to which ``entity``'s data is erased, if it was."""
-        value = await self.r.hget(self.keys.forgotten, entity)
-        return float(value) if value is not None else None
+        return (await self.forgotten_among([entity])).get(entity)
+
+    async def forgotten_among(self, entities: list[str]) -> dict[str, float]:
+        """Those of ``entities`` that were erased, each with the event time up to which its
+        data is erased, in one round trip."""
+        if not entities:
+            return {}
+        values = await self.r.hmget(self.keys.forgotten, entities)
+        return {e: float(v) for e, v in zip(entities, values, strict=True) if v is not None}
 
     async def forgotten(self) -> dict[str, float]:
         raw = await self.r.hgetall(self.keys.forgotten)

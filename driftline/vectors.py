@@ -244,24 +244,30 @@ class VectorStore:
             clauses.append("label >= 0.5" if label else "label < 0.5")
         if exclude_entity is not None:
             clauses.append(f"entity != {quoted(exclude_entity)}")
-        return await self._search(self.events, vector, k, " and ".join(clauses), EVENT_FIELDS)
+        return (await self._search(self.events, [vector], k, " and ".join(clauses),
+                                   EVENT_FIELDS))[0]
+
+    async def search_events_many(self, vectors: list[list[float]], k: int
+                                 ) -> list[list[dict[str, Any]]]:
+        """The ``k`` nearest labeled events of each vector, in one call."""
+        return await self._search(self.events, vectors, k, "", EVENT_FIELDS)
 
     async def search_entities(self, vector: list[float], k: int, *,
                               exclude: str | None = None) -> list[dict[str, Any]]:
         flt = f"id != {quoted(exclude)}" if exclude is not None else ""
-        return await self._search(self.entities, vector, k, flt, ENTITY_FIELDS)
+        return (await self._search(self.entities, [vector], k, flt, ENTITY_FIELDS))[0]
 
-    async def _search(self, collection: str, vector: list[float], k: int, flt: str,
-                      fields: list[str]) -> list[dict[str, Any]]:
+    async def _search(self, collection: str, vectors: list[list[float]], k: int, flt: str,
+                      fields: list[str]) -> list[list[dict[str, Any]]]:
         params = dict(self.policy.search_params)
         if "ef" in params:  # HNSW answers at most ef neighbours
             params["ef"] = max(params["ef"], k)
         hits = await self.client.search(
-            collection, data=[vector], limit=k, filter=flt, output_fields=fields,
+            collection, data=vectors, limit=k, filter=flt, output_fields=fields,
             search_params={"metric_type": self.policy.metric, "params": params},
             timeout=self.timeout)
-        return [{"id": h["id"], "distance": float(h["distance"]), **h["entity"]}
-                for h in hits[0]]
+        return [[{"id": h["id"], "distance": float(h["distance"]), **h["entity"]} for h in one]
+                for one in hits]
 
 
 def _of_entity(entity: str, until: float | None) -> str:
@@ -303,15 +309,21 @@ class EmbeddingSpace:
 
     async def add_neighbour_feature(self, features: dict[str, float],
                                     timeout: float | None = None) -> None:
-        """Add the declared neighbour feature to ``features`` (when one is declared): the
-        mean label of the k nearest labeled events. When it cannot be had (no frozen
-        embedder yet, no labeled neighbours, Milvus past the time budget) it is left out
-        rather than made up: River's scalers and linear models skip a missing feature,
-        while a constant stand-in followed by real values gave the scaler a near-zero
-        variance and the model huge updates. Scoring never fails for it. ``timeout``
-        shortens the configured budget (what is left of an API request's deadline)."""
+        """:meth:`add_neighbour_features` of one event."""
+        await self.add_neighbour_features([features], timeout)
+
+    async def add_neighbour_features(self, batch: list[dict[str, float]],
+                                     timeout: float | None = None) -> None:
+        """Add the declared neighbour feature to each of ``batch`` (when one is declared):
+        the mean label of its k nearest labeled events, all searched in one call. When it
+        cannot be had (no frozen embedder yet, no labeled neighbours, Milvus past the time
+        budget) it is left out rather than made up: River's scalers and linear models skip
+        a missing feature, while a constant stand-in followed by real values gave the
+        scaler a near-zero variance and the model huge updates. Scoring never fails for
+        it. ``timeout`` shortens the configured budget (what is left of an API request's
+        deadline)."""
         name = self.policy.neighbour_feature
-        if name is None:
+        if name is None or not batch:
             return
         outcome = "ok"
         try:
@@ -321,18 +333,19 @@ class EmbeddingSpace:
                 if embedder is None:
                     outcome = "not_ready"
                 else:
-                    hits = await self.store.search_events(embedder.vector(features),
-                                                          self.policy.neighbours)
-                    if hits:
-                        features[name] = neighbour_rate([h["label"] for h in hits])
-                    else:
-                        outcome = "not_ready"
+                    found = await self.store.search_events_many(
+                        [embedder.vector(f) for f in batch], self.policy.neighbours)
+                    for features, hits in zip(batch, found, strict=True):
+                        if hits:
+                            features[name] = neighbour_rate([h["label"] for h in hits])
+                        else:
+                            outcome = "not_ready"
         except TimeoutError:
             outcome = "timeout"
         except Exception:  # noqa: BLE001 - Milvus or Redis is down: score without it
             log.warning("%s: neighbour search failed", self.spec.name, exc_info=True)
             outcome = "error"
-        m.NEIGHBOUR_LOOKUPS.labels(self.spec.name, self.process, outcome).inc()
+        m.NEIGHBOUR_LOOKUPS.labels(self.spec.name, self.process, outcome).inc(len(batch))
 
     async def close(self) -> None:
         await self.store.close()
