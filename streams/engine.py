@@ -91,8 +91,9 @@ class FeatureEngine:
             raise LateEvent(self.spec.time_field,
                             f"{newest - t:.3f}s behind the entity's newest event; "
                             f"the allowed lateness is {self.spec.allowed_lateness:g}s")
-        features = self._features(prev, event, t)
-        return self._apply(prev, event, t, event_id), features
+        fields = event.model_dump()
+        features = self._features(prev, fields, t)
+        return self._apply(prev, fields, t, event_id), features
 
     def features_for(self, state: State | None, event: Record) -> dict[str, float]:
         """The features ``event`` gets against ``state``, without applying it and without
@@ -101,24 +102,27 @@ class FeatureEngine:
         event_id = self.spec.event_id_of(event)
         if any(r[1] == event_id for r in prev["recent"]):
             prev = {**prev, "recent": [r for r in prev["recent"] if r[1] != event_id]}
-        return self._features(prev, event, self.spec.time_of(event))
+        return self._features(prev, event.model_dump(), self.spec.time_of(event))
 
     def empty(self) -> State:
         return {"recent": [], "newest": None, "seq": 0, "ewm": {}, "seen": {}}
 
     # ---- features ----------------------------------------------------------------------
 
-    def _features(self, prev: State, event: Record, t: float) -> dict[str, float]:
-        fields = event.model_dump()
+    def _features(self, prev: State, fields: dict[str, Any], t: float) -> dict[str, float]:
         # Recent events at or before t: [ts, event_id, seq, {kept fields}]
         past = [r for r in prev["recent"] if r[0] <= t]
         ctx: dict[str, Any] = dict(fields)
         out: dict[str, float] = {}
+        windows: dict[Sliding | Tumbling, list] = {}  # each window's rows, found once
         for f in self.spec.features:
             if isinstance(f, Raw):
                 value = _num(fields[f.field or f.name])
             elif isinstance(f, Agg):
-                value = self._aggregate(f, past, fields, t)
+                rows = windows.get(f.window)
+                if rows is None:
+                    rows = windows[f.window] = _in_window(f.window, past, fields, t)
+                value = self._aggregate(f, rows)
             elif isinstance(f, SincePrevious):
                 times = [r[0] for r in past]
                 if not times and prev["newest"] is not None and prev["newest"] <= t:
@@ -137,15 +141,8 @@ class FeatureEngine:
             ctx[f.name] = value
         return out
 
-    def _aggregate(self, f: Agg, past: list, fields: dict[str, Any], t: float) -> float:
-        if isinstance(f.window, Sliding):
-            start_open = t - f.window.size
-            rows = [r[3] for r in past if r[0] > start_open]
-        else:
-            assert isinstance(f.window, Tumbling)
-            start = math.floor(t / f.window.size) * f.window.size
-            rows = [r[3] for r in past if r[0] >= start]
-        rows.append(fields)
+    def _aggregate(self, f: Agg, rows: list[dict[str, Any]]) -> float:
+        """``f`` over the rows of its window (which it does not change)."""
         if f.where is not None:
             name, op, operand = f.where
             test = OPERATORS[op]
@@ -169,10 +166,9 @@ class FeatureEngine:
 
     # ---- state -------------------------------------------------------------------------
 
-    def _apply(self, prev: State, event: Record, t: float, event_id: str) -> State:
-        fields = event.model_dump()
+    def _apply(self, prev: State, fields: dict[str, Any], t: float, event_id: str) -> State:
         seq = prev["seq"] + 1
-        recent = [list(r) for r in prev["recent"]]
+        recent = list(prev["recent"])  # rows are never changed once made: shared
         kept = {k: fields[k] for k in self.kept}
         bisect.insort(recent, [t, event_id, seq, kept], key=lambda r: (r[0], r[2]))
         newest = t if prev["newest"] is None else max(prev["newest"], t)
@@ -193,6 +189,19 @@ class FeatureEngine:
                 if len(memory) > f.memory:
                     seen[f.name] = dict(sorted(memory.items(), key=lambda kv: kv[1])[-f.memory:])
         return {"recent": recent, "newest": newest, "seq": seq, "ewm": ewm, "seen": seen}
+
+
+def _in_window(window: Sliding | Tumbling, past: list, fields: dict[str, Any],
+               t: float) -> list[dict[str, Any]]:
+    """The kept fields of the past events in ``window`` ending at ``t``, and the event's."""
+    if isinstance(window, Sliding):
+        start_open = t - window.size
+        rows = [r[3] for r in past if r[0] > start_open]
+    else:
+        start = math.floor(t / window.size) * window.size
+        rows = [r[3] for r in past if r[0] >= start]
+    rows.append(fields)
+    return rows
 
 
 def _num(value: Any) -> float:
