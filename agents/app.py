@@ -16,6 +16,7 @@ import signal
 import faust
 
 from agents.faust_fixes import flush_waits_for_delivery
+from agents.outputs import Outputs
 from agents.pipeline import PipelineAgents
 from driftline.config import Settings
 from monitoring.metrics import exposition
@@ -50,9 +51,15 @@ def create_app(settings: Settings, pipelines: list[str] | None = None) -> faust.
         broker_heartbeat_interval=3.0,
     )
     flush_waits_for_delivery(app)
+    outputs = Outputs(settings)
     app.driftline_pipelines = [
-        PipelineAgents(app, settings, PIPELINES[name]) for name in (pipelines or list(PIPELINES))
+        PipelineAgents(app, settings, PIPELINES[name], outputs)
+        for name in (pipelines or list(PIPELINES))
     ]
+
+    @app.on_before_shutdown.connect
+    async def close_outputs(app, **_) -> None:
+        outputs.close()
 
     @app.task
     async def dump_tasks_on_sigusr1() -> None:

@@ -5,10 +5,11 @@
     <p>.training --embed--> <prefix>_events    one vector per labeled event (upsert by id)
                             <prefix>_entities  one time-decayed profile per entity
 
-It is a second reader of the training topic, beside the learner, so a slow or absent
-Milvus delays the vectors and never the model: when a backlog of ten batches cannot be
-written, the agent drops it and only notes the records that come (Kafka keeps them); once
-Milvus answers again its timer catches up from the checkpoint, a chunk per round.
+It is the training log's second reader, fed by the training agent after the learner with
+the same batches, and keeps its own cursor and checkpoint: a slow or absent Milvus delays
+the vectors and never the model. When a backlog of ten batches cannot be written, the
+agent drops it and only notes the records that come (Kafka keeps them); once Milvus
+answers again its timer catches up from the checkpoint, a chunk per round.
 
 Exactly once, as the learner: the checkpoint in Redis holds the offset of the next example
 to apply and is written only after the vectors before it are in Milvus. Event rows are
@@ -26,20 +27,18 @@ import functools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import faust
-
-from agents.faust_fixes import every
+from agents.training_log import TrainingLog
+from driftline.config import Settings
 from driftline.stores import EmbeddingStore
 from driftline.vectors import VectorStore, ensure_collections
 from monitoring import metrics as m
+from streams.declarations import PipelineSpec
 from streams.embeddings import EventEmbedder, Profile
 from streams.schemas import InvalidRecord, TrainingExample, parse
-
-if TYPE_CHECKING:
-    from agents.pipeline import PipelineAgents
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +60,23 @@ class EmbeddingCheckpoint:
 
 
 class EmbeddingAgent:
-    """Registers the embed agent and its flush timer for ``agents``' pipeline.
+    """Applies the training log's batches for one pipeline, and its flush timer.
 
     Three modes: ``live`` applies records as they come; ``catching_up`` closes a long gap
     from the checkpoint (after a restart far behind, or an outage), a chunk per timer
     round, while the stream's records are only noted; ``suspended`` waits for Milvus
-    and Redis to answer. The stream, which the learner shares, never waits for Milvus.
+    and Redis to answer.
     """
 
-    def __init__(self, agents: PipelineAgents) -> None:
-        self.a = agents
-        self.spec = agents.p
-        self.name = agents.name
-        self.policy = agents.p.embeddings
-        self.s = agents.s
+    def __init__(self, settings: Settings, spec: PipelineSpec, store: EmbeddingStore,
+                 training_log: TrainingLog, redis: Any) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.policy = spec.embeddings
+        self.s = settings
+        self.store = store
+        self.training_log = training_log
+        self.redis = redis
         self.state: EmbeddingCheckpoint | None = None
         self.pending: list[tuple[int, TrainingExample]] = []  # applied, not yet in Milvus
         self._saved_offset: int | None = None
@@ -86,24 +88,16 @@ class EmbeddingAgent:
         # Erased entities (DELETE /v1/entities) as last read, each with its erasure time.
         self._forgotten: dict[str, float] = {}
         self._unsealed = 0  # rows written since the collections were last flushed
-        app: faust.App = agents.app
-        app.agent(agents.training_topic, name=f"{self.name}-embed")(self.embed)
-        every(app, self.s.vector_flush_seconds)(self.flush_if_due)
-        app.on_partitions_revoked.connect(self._on_revoked)
 
     @functools.cached_property
     def vectors(self) -> VectorStore:
         return VectorStore(self.s, self.spec)  # made on first use, inside the loop
 
-    @property
-    def store(self) -> EmbeddingStore:
-        return self.a.embedding_store
-
-    async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
-        if any(tp.topic == self.a.topics.training for tp in revoked):
-            async with self._lock:  # resume from the checkpoint if it comes back
-                self.state, self.pending, self._latest = None, [], None
-                self._set_mode("live")
+    async def forget(self) -> None:
+        """The training partition was revoked: resume from the checkpoint if it comes back."""
+        async with self._lock:
+            self.state, self.pending, self._latest = None, [], None
+            self._set_mode("live")
 
     def _set_mode(self, mode: str) -> None:
         if mode != self._mode:
@@ -113,13 +107,14 @@ class EmbeddingAgent:
 
     # ---- applying examples ----------------------------------------------------------
 
-    async def embed(self, stream: faust.StreamT) -> None:
-        await self.a._consume(stream, "embed", self._embed_one)
+    async def on_records(self, records: Sequence[Any]) -> None:
+        """Apply a batch of training records, after the learner; never dead-letters (the
+        learner does, once per record)."""
+        for rec in records:
+            await self._embed_one(rec)
 
-    async def _embed_one(self, event: faust.EventT) -> None:
-        """Apply one training record; never holds up the stream the learner shares, and
-        never dead-letters (the learner does, once per record)."""
-        offset = event.message.offset
+    async def _embed_one(self, record: Any) -> None:
+        offset = record.message.offset
         if self._mode != "live":
             self._note(offset)
             return  # the timer reaches it from the checkpoint
@@ -127,12 +122,12 @@ class EmbeddingAgent:
             try:
                 state = await self._state(first_offset=offset)
                 if state.next_offset is not None \
-                        and offset - state.next_offset > self.a.GAP_CHUNK:
+                        and offset - state.next_offset > self.training_log.GAP_CHUNK:
                     self._latest = offset  # a long gap: closed by the timer, chunk by chunk
                     self._set_mode("catching_up")
                     return
-                await self.a.apply_in_order(state, event, functools.partial(self._apply, state),
-                                            reader="embed")
+                await self.training_log.apply_in_order(
+                    state, record, functools.partial(self._apply, state), reader="embed")
                 if (len(self.pending) >= self.s.vector_batch and not await self._flush_locked()
                         and len(self.pending) >= 10 * self.s.vector_batch):
                     self._suspend("ten batches could not be written", offset)
@@ -169,8 +164,8 @@ class EmbeddingAgent:
                         or state.next_offset > self._latest:
                     self._set_mode("live")
                     return
-                end = min(self._latest + 1, state.next_offset + self.a.GAP_CHUNK)
-                for rec in await self.a.fetch_training(state, end, reader="embed"):
+                end = min(self._latest + 1, state.next_offset + self.training_log.GAP_CHUNK)
+                for rec in await self.training_log.fetch(state, end, reader="embed"):
                     self._apply(state, rec.value, rec.offset)
                 if not await self._flush_locked():
                     self._suspend("could not write a caught-up chunk", self._latest)
@@ -222,7 +217,7 @@ class EmbeddingAgent:
         if self._mode == "suspended":
             try:
                 await self.vectors.client.list_collections(timeout=5)
-                await self.a.redis.ping()
+                await self.redis.ping()
             except Exception:  # noqa: BLE001 - still down
                 return
             self._set_mode("catching_up")

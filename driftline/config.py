@@ -57,12 +57,21 @@ class Settings:
     # The scoring API (DRIFTLINE_API_HOST, DRIFTLINE_API_PORT).
     api_host: str = "127.0.0.1"
     api_port: int = 8080
-    # A model snapshot is published every N learned labels or T seconds, whichever comes
-    # first (DRIFTLINE_SNAPSHOT_EVERY, DRIFTLINE_SNAPSHOT_SECONDS).
+    # The served model (a few KB: the model and the fallback) is published every N learned
+    # labels or T seconds, whichever comes first (DRIFTLINE_SNAPSHOT_EVERY,
+    # DRIFTLINE_SNAPSHOT_SECONDS); the learner's whole checkpoint (drift windows, offsets:
+    # up to a MB) every T seconds (DRIFTLINE_CHECKPOINT_SECONDS). A crash costs re-learning
+    # what came after the checkpoint, from the training log.
     snapshot_every: int = 200
-    snapshot_seconds: float = 2.0
+    snapshot_seconds: float = 0.2
+    checkpoint_seconds: float = 5.0
     # How often scoring processes look for a newer snapshot (DRIFTLINE_MODEL_REFRESH_SECONDS).
-    model_refresh_seconds: float = 0.5
+    model_refresh_seconds: float = 0.2
+    # Each agent takes up to N records at a time, waiting at most T seconds for them
+    # (DRIFTLINE_WORKER_BATCH, DRIFTLINE_WORKER_BATCH_SECONDS): one Redis round trip and
+    # one flush of the outputs per batch.
+    worker_batch: int = 500
+    worker_batch_seconds: float = 0.05
     # A snapshot waits this long (event time) for its label before it is dropped
     # (DRIFTLINE_LABEL_DELAY_BOUND_SECONDS).
     label_delay_bound_seconds: float = 3600.0

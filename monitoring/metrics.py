@@ -8,6 +8,7 @@ meaning.
 from __future__ import annotations
 
 import os
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -53,6 +54,10 @@ SKIPPED_RECOVERED = Counter("driftline_skipped_records_recovered_total",
 JOINED = Counter("driftline_training_examples_total",
                  "Snapshots joined with their label and written to the training topic",
                  ["pipeline"])
+LABELS_FORWARDED = Counter("driftline_labels_forwarded_total",
+                           "Labels found on another partition than their snapshot's, forwarded "
+                           "to it (the pipeline's labels_partitioner is not the producer's)",
+                           ["pipeline"])
 JOIN_EXPIRED = Counter("driftline_join_expired_total",
                        "Snapshots or labels dropped after the label-delay bound without a match",
                        ["pipeline", "kind"])
@@ -146,6 +151,12 @@ MODEL_SWAPS = Counter("driftline_model_swaps_total",
                       ["pipeline", "process"])
 PREDICTIONS = Counter("driftline_predictions_total", "Scores served",
                       ["pipeline", "process"])
+LABEL_TO_SERVING = Histogram(
+    "driftline_label_to_serving_seconds",
+    "From a label becoming a training example to a model that learned it serving in this "
+    "process (observed at each swap, for the oldest label new in the snapshot)",
+    ["pipeline", "process"],
+    buckets=(.05, .1, .2, .3, .5, .75, 1, 1.5, 2, 3, 5, 10, 30, 60))
 
 # ---- HTTP API -----------------------------------------------------------------------
 HTTP_REQUESTS = Counter("driftline_http_requests_total", "HTTP requests by route and status",
@@ -180,6 +191,15 @@ CACHE_LOOKUPS = Counter("driftline_api_cache_lookups_total",
 AUTH_FAILURES = Counter("driftline_api_auth_failures_total",
                         "Requests refused: 401 (no or unknown token) or 403 (wrong role)",
                         ["status"])
+
+
+def swapped(pipeline: str, process: str, oldest_label_at: float | None) -> None:
+    """Record that ``process`` swapped in a newer snapshot of ``pipeline``, and how long
+    its oldest new label took to be served (None: the snapshot does not say)."""
+    MODEL_SWAPS.labels(pipeline=pipeline, process=process).inc()
+    if oldest_label_at is not None:
+        LABEL_TO_SERVING.labels(pipeline=pipeline, process=process).observe(
+            max(0.0, time.time() - oldest_label_at))
 
 
 def serving(pipeline: str, process: str, revision: str, before: str | None) -> None:

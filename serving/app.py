@@ -401,7 +401,7 @@ async def _keep_models_fresh(app: web.Application) -> None:
         for name, scorer in app[SCORERS].items():
             try:
                 if await scorer.refresh():
-                    m.MODEL_SWAPS.labels(name, "api").inc()
+                    m.swapped(name, "api", scorer.champion.current.oldest_label_at)
                     log.info("serving %s model %s", name, scorer.champion.current.version)
             except Exception as exc:  # noqa: BLE001 - keep serving the model we have
                 if name not in failing:

@@ -199,6 +199,11 @@ class PipelineSpec:
     allowed_lateness: float = 600.0       # behind the entity's newest event
     events_topic: str | None = None       # default: "<name>.events" (namespaced)
     labels_topic: str | None = None       # default: "<name>.labels" (namespaced)
+    # How the labels' producer partitions them by event id: "crc32" (librdkafka's default:
+    # confluent-kafka, kcat) or "murmur2" (the Java client's, aiokafka's). A snapshot is
+    # sent where its label lands, so the label joins it without a hop; a label found
+    # elsewhere is forwarded to it (driftline_labels_forwarded_total counts them).
+    labels_partitioner: Literal["crc32", "murmur2"] = "crc32"
     generator: str | None = None          # a key of streams.generators.GENERATORS
     description: str = ""
     max_recent: int = 512                 # events kept per entity, whatever the traffic

@@ -1,0 +1,183 @@
+"""The join: a snapshot meets its label, in either arrival order, by event id.
+
+::
+
+    <p>.join   (B: a scoring batch's snapshots, sent where their labels will land;
+                L: labels forwarded from another partition)  --join--> <p>.training
+    <p>.labels (labels, as the user's producer partitioned them)  --join-->
+
+One agent reads both topics. They have the same partition count, so Faust assigns their
+partition ``n`` to the same worker, and the scorer sends each snapshot to the partition
+the pipeline's ``labels_partitioner`` gives its event id: the label lands there too and
+joins it without another hop. A label found on another partition (its producer
+partitions otherwise, or it has no key) is forwarded to its snapshot's partition.
+
+The first of the two to arrive waits in the ``pending`` table; the second completes the
+training example. Entries older than the label-delay bound (in event time) are dropped
+and counted.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from agents.consume import DeadLetters
+from agents.faust_fixes import as_current_event
+from agents.outputs import Outputs
+from monitoring import metrics
+from streams.declarations import PipelineSpec
+from streams.schemas import (
+    InvalidRecord,
+    Snapshot,
+    TrainingExample,
+    decode_json,
+    field_errors,
+    parse,
+)
+from streams.topics import PipelineTopics
+
+SNAPSHOT_BATCH = TypeAdapter(list[Snapshot])
+
+
+class LabelJoin:
+    """Handles batches of the join and labels topics for one pipeline."""
+
+    def __init__(self, spec: PipelineSpec, topics: PipelineTopics, pending: Any,
+                 outputs: Outputs, deadletters: DeadLetters,
+                 partition_of: Callable[[str], int], delay_bound: float) -> None:
+        self.spec = spec
+        self.topics = topics
+        self.pending = pending  # event id -> {"p", "t", "snapshot" or "label"}
+        self.outputs = outputs
+        self.deadletters = deadletters
+        self.partition_of = partition_of
+        self.delay_bound = delay_bound
+        # Per join partition: (event time, event id) of pending entries, oldest first; and
+        # the ids of all of them, so that a new event's snapshot costs no table read.
+        self._expiry: dict[int, list[tuple[float, str]]] = {}
+        self._present: set[str] = set()
+        self._loaded = False
+        # Per join partition: the newest snapshot event time seen. Labels do not move it:
+        # their timestamps come from another system's clock.
+        self._watermark: dict[int, float] = {}
+        name = spec.name
+        self._labels_ok = metrics.EVENTS.labels(pipeline=name, kind="label", outcome="ok")
+        self._forwarded = metrics.LABELS_FORWARDED.labels(pipeline=name)
+        self._joined = metrics.JOINED.labels(pipeline=name)
+
+    async def handle(self, records: Sequence[Any]) -> None:
+        self._load()
+        touched: dict[int, Any] = {}  # partition -> its newest record of the batch
+        for rec in records:
+            msg = rec.message
+            from_labels = msg.topic == self.topics.labels
+            try:
+                items = self._items(rec, from_labels)
+                if items is None:
+                    continue  # forwarded
+                with as_current_event(rec):  # table reads and writes use its partition
+                    for is_snapshot, item in items:
+                        self._join_one(is_snapshot, item, msg.partition)
+                touched[msg.partition] = rec
+            except InvalidRecord as exc:
+                self.deadletters.send(rec, exc, "label" if from_labels else "join")
+        for partition, rec in touched.items():
+            self._expire(partition, rec)
+
+    def _items(self, rec: Any, from_labels: bool) -> list[tuple[bool, dict]] | None:
+        """The snapshots and labels a record carries, as ``(is_snapshot, fields)``; None
+        for a label forwarded to its snapshot's partition."""
+        if from_labels:
+            label = parse(self.spec.label_type, rec.value)
+            self._labels_ok.inc()
+            event_id = self.spec.event_id_of(label)
+            target = self.partition_of(event_id)
+            if target != rec.message.partition:
+                self._forwarded.inc()
+                self.outputs.send(self.topics.join, event_id.encode(), b"L" + rec.value,
+                                  partition=target)
+                return None
+            return [(False, label.model_dump())]
+        kind, body = rec.value[:1], rec.value[1:]
+        if kind == b"B":  # snapshots of one scoring batch
+            try:
+                return [(True, dict(snap)) for snap in SNAPSHOT_BATCH.validate_json(body)]
+            except ValidationError as exc:
+                raise InvalidRecord(field_errors(exc)) from None
+        if kind == b"S":
+            return [(True, parse(Snapshot, body).model_dump())]
+        if kind == b"L":
+            return [(False, parse(self.spec.label_type, body).model_dump())]
+        raise InvalidRecord({"$": f"unknown join record kind {kind!r}"})
+
+    def _join_one(self, is_snapshot: bool, item: dict, partition: int) -> None:
+        spec = self.spec
+        if is_snapshot:
+            event_id, event_time = item["event_id"], item["event_time"]
+        else:
+            label = spec.label_type.model_construct(**item)
+            event_id, event_time = spec.event_id_of(label), spec.label_time_of(label)
+        stored = self.pending.get(event_id) if event_id in self._present else None
+        entry = dict(stored) if stored else {"p": partition, "t": event_time}
+        entry["snapshot" if is_snapshot else "label"] = item
+        if "snapshot" in entry and "label" in entry:
+            snapshot, label = _fields(entry["snapshot"]), _fields(entry["label"])
+            label = spec.label_type.model_construct(**label)
+            example = TrainingExample.model_construct(
+                **snapshot, label=spec.target_of(label), label_time=spec.label_time_of(label))
+            self.outputs.send(self.topics.training, event_id.encode(), example.to_json())
+            if stored is not None:
+                del self.pending[event_id]
+                self._present.discard(event_id)
+            self._joined.inc()
+        else:
+            entry["t"] = min(entry["t"], event_time)
+            self.pending[event_id] = entry
+            self._present.add(event_id)
+            heapq.heappush(self._expiry.setdefault(partition, []), (entry["t"], event_id))
+        if is_snapshot:
+            self._watermark[partition] = max(self._watermark.get(partition, 0.0), event_time)
+
+    def reload(self) -> None:
+        """Partitions moved: read the pending entries again before the next record."""
+        self._loaded = False
+
+    def _load(self) -> None:
+        """Rebuild the expiry queues and the ids of pending entries from the table (after
+        a start or a rebalance, once its partitions are recovered)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        self._expiry, self._present = {}, set()
+        for event_id, entry in self.pending.items():
+            if entry:
+                self._present.add(event_id)
+                heapq.heappush(self._expiry.setdefault(entry["p"], []), (entry["t"], event_id))
+
+    def _expire(self, partition: int, current: Any) -> None:
+        # Only keys of the partition being processed: Faust writes a deletion to the
+        # changelog partition of the current record.
+        queue = self._expiry.get(partition, [])
+        bound = self._watermark.get(partition, 0.0) - self.delay_bound
+        with as_current_event(current):
+            while queue and queue[0][0] < bound:
+                _, event_id = heapq.heappop(queue)
+                if event_id not in self._present:
+                    continue  # joined meanwhile
+                entry = self.pending.get(event_id)
+                if entry is None:
+                    continue
+                kind = "snapshot" if "snapshot" in entry else "label"
+                metrics.JOIN_EXPIRED.labels(pipeline=self.spec.name, kind=kind).inc()
+                del self.pending[event_id]
+                self._present.discard(event_id)
+
+
+def _fields(stored: dict | str) -> dict:
+    """A pending entry's snapshot or label: its fields (a JSON text in entries written
+    before they were kept as objects)."""
+    return decode_json(stored) if isinstance(stored, str) else stored
