@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install stack-up stack-down lint clean
+.PHONY: demo test install stack-up stack-down lint clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ lint: install
 
 test: stack-up lint
 	$(BIN)/pytest
+
+# Ingest throughput against a bare consumer, a bare Faust agent and Quix Streams
+# (benchmarks/ingest.py, 5 to 10 minutes); it builds Quix's own environment under
+# ~/.cache/driftline/peer-venv the first time. BENCH_ARGS="--events 3000" for a short run.
+BENCH_ARGS ?=
+
+bench: stack-up
+	$(BIN)/python benchmarks/ingest.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -64,14 +64,7 @@ def main() -> None:
 
     base = Settings.from_env()
     LocalStack(base).up()
-    with scratch_namespace(base, base.prefixed(f"bench-{uuid.uuid4().hex[:6]}")) as s:
-        ensure_pipeline_topics(s, args.pipeline)
-        topics = PipelineTopics.for_spec(PIPELINES[args.pipeline], s.namespace)
-        worker = worker_process(s, s.data_dir / "logs" / "bench").start()
-        try:
-            result = run(s, args, topics)
-        finally:
-            worker.stop()
+    result = measure(base, args.pipeline, args.rate, args.seconds, args.warm_labels)
     RESULTS.mkdir(exist_ok=True)
     warm = f"-warm{args.warm_labels}" if args.warm_labels else ""
     out = RESULTS / f"freshness-{args.pipeline}-{args.rate:.0f}{warm}.json"
@@ -79,7 +72,22 @@ def main() -> None:
     print(f"written to {out}")
 
 
-def run(s: Settings, args: argparse.Namespace, topics: PipelineTopics) -> dict:
+def measure(base: Settings, pipeline: str = "fraud", rate: float = 500.0,
+            seconds: float = 30.0, warm_labels: int = 0) -> dict:
+    """Freshness and its Kafka baseline at ``rate`` events/s for ``seconds``, with a worker
+    of its own in a scratch namespace (also called by ``benchmarks/ingest.py``)."""
+    with scratch_namespace(base, base.prefixed(f"bench-{uuid.uuid4().hex[:6]}")) as s:
+        ensure_pipeline_topics(s, pipeline)
+        topics = PipelineTopics.for_spec(PIPELINES[pipeline], s.namespace)
+        worker = worker_process(s, s.data_dir / "logs" / "bench").start()
+        try:
+            return run(s, topics, pipeline, rate, seconds, warm_labels)
+        finally:
+            worker.stop()
+
+
+def run(s: Settings, topics: PipelineTopics, pipeline: str, rate: float, seconds: float,
+        warm_labels: int) -> dict:
     latencies: list[float] = []
     stop = threading.Event()
     consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap,
@@ -97,40 +105,40 @@ def run(s: Settings, args: argparse.Namespace, topics: PipelineTopics) -> dict:
 
     reader = threading.Thread(target=baseline, daemon=True)
     reader.start()
-    events = int(args.rate * args.seconds)
-    spec = PIPELINES[args.pipeline]
+    events = int(rate * seconds)
+    spec = PIPELINES[pipeline]
     config, emissions = pipeline_history(spec, events, time.time(),
                                          run_id=uuid.uuid4().hex[:8])
-    speed = args.rate / config.events_per_second
+    speed = rate / config.events_per_second
     metrics_url = f"http://127.0.0.1:{s.worker_port}/metrics"
-    if args.warm_labels:
+    if warm_labels:
         # History that ends where the measured stream starts (no event is late).
-        _, history = pipeline_history(spec, args.warm_labels,
+        _, history = pipeline_history(spec, warm_labels,
                                       config.start_time - 1.0, run_id=uuid.uuid4().hex[:8])
-        produce(s, args.pipeline, history, speed=None)
-        warm_up_learning(s, metrics_url, args.pipeline, int(0.9 * args.warm_labels))
+        produce(s, pipeline, history, speed=None)
+        warm_up_learning(s, metrics_url, pipeline, int(0.9 * warm_labels))
     only_events = (e for e in emissions if e.kind == "event")
     # Warm up first (the producer's id, the consumers' first fetches): 3 s of the stream,
     # then measure from a clean baseline.
-    warm = int(3 * args.rate)
-    produce(s, args.pipeline, (next(only_events) for _ in range(warm)), speed=speed)
-    wait_processed(metrics_url, args.pipeline, warm)
+    warm = int(3 * rate)
+    produce(s, pipeline, (next(only_events) for _ in range(warm)), speed=speed)
+    wait_processed(metrics_url, pipeline, warm)
     before = scrape(metrics_url)
     latencies.clear()
-    report = produce(s, args.pipeline, only_events, speed=speed)
-    m = wait_processed(metrics_url, args.pipeline, events)
+    report = produce(s, pipeline, only_events, speed=speed)
+    m = wait_processed(metrics_url, pipeline, events)
     time.sleep(1)
     stop.set()
     reader.join()
 
     name = "driftline_feature_freshness_seconds_bucket"
-    buckets = sorted((float(lab["le"]), v - before.value(name, pipeline=args.pipeline,
+    buckets = sorted((float(lab["le"]), v - before.value(name, pipeline=pipeline,
                                                         le=lab["le"]))
-                     for lab, v in m.get(name, []) if lab["pipeline"] == args.pipeline)
+                     for lab, v in m.get(name, []) if lab["pipeline"] == pipeline)
     fresh = {q: histogram_quantile(q, buckets) for q in (0.5, 0.99)}
     base = {q: percentile(latencies, q) for q in (0.5, 0.99)}
     result = {
-        "pipeline": args.pipeline, "offered_rate": args.rate,
+        "pipeline": pipeline, "offered_rate": rate,
         "events_measured": events - warm,
         "achieved_rate": round(report.events_per_second, 1),
         "freshness_p50_ms": round(1000 * fresh[0.5], 2),
@@ -139,10 +147,10 @@ def run(s: Settings, args: argparse.Namespace, topics: PipelineTopics) -> dict:
         "kafka_baseline_p99_ms": round(1000 * base[0.99], 2),
         "ratio_p50": round(fresh[0.5] / base[0.5], 2),
         "ratio_p99": round(fresh[0.99] / base[0.99], 2),
-        "warm_labels": args.warm_labels,
+        "warm_labels": warm_labels,
         "neighbour_searches": m.value("driftline_neighbour_lookups_total",
-                                      pipeline=args.pipeline, outcome="ok")
-        - before.value("driftline_neighbour_lookups_total", pipeline=args.pipeline,
+                                      pipeline=pipeline, outcome="ok")
+        - before.value("driftline_neighbour_lookups_total", pipeline=pipeline,
                        outcome="ok"),
         "measured": "freshness: worker histogram (bucket-interpolated); baseline: bare "
                     "consumer in the same run; both from the producer's Kafka timestamp",
