@@ -15,7 +15,7 @@ import signal
 
 import faust
 
-from agents.faust_fixes import flush_waits_for_delivery
+from agents.faust_fixes import deliver_directly, flush_waits_for_delivery
 from agents.outputs import Outputs
 from agents.pipeline import PipelineAgents
 from driftline.config import Settings
@@ -51,6 +51,7 @@ def create_app(settings: Settings, pipelines: list[str] | None = None) -> faust.
         broker_heartbeat_interval=3.0,
     )
     flush_waits_for_delivery(app)
+    deliver_directly(app)
     outputs = Outputs(settings)
     app.driftline_pipelines = [
         PipelineAgents(app, settings, PIPELINES[name], outputs)
