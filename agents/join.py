@@ -26,7 +26,6 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from agents.consume import DeadLetters
-from agents.faust_fixes import as_current_event
 from agents.outputs import Outputs
 from monitoring import metrics
 from streams.declarations import PipelineSpec
@@ -51,7 +50,7 @@ class LabelJoin:
                  partition_of: Callable[[str], int], delay_bound: float) -> None:
         self.spec = spec
         self.topics = topics
-        self.pending = pending  # event id -> {"p", "t", "snapshot" or "label"}
+        self.pending = pending  # a CachedTable: event id -> {"p", "t", "snapshot", "label"}
         self.outputs = outputs
         self.deadletters = deadletters
         self.partition_of = partition_of
@@ -79,9 +78,8 @@ class LabelJoin:
                 items = self._items(rec, from_labels)
                 if items is None:
                     continue  # forwarded
-                with as_current_event(rec):  # table reads and writes use its partition
-                    for is_snapshot, item in items:
-                        self._join_one(is_snapshot, item, msg.partition)
+                for is_snapshot, item in items:
+                    self._join_one(is_snapshot, item, rec)
                 touched[msg.partition] = rec
             except InvalidRecord as exc:
                 self.deadletters.send(rec, exc, "label" if from_labels else "join")
@@ -114,14 +112,15 @@ class LabelJoin:
             return [(False, parse(self.spec.label_type, body).model_dump())]
         raise InvalidRecord({"$": f"unknown join record kind {kind!r}"})
 
-    def _join_one(self, is_snapshot: bool, item: dict, partition: int) -> None:
+    def _join_one(self, is_snapshot: bool, item: dict, rec: Any) -> None:
         spec = self.spec
+        partition = rec.message.partition  # the table's partition too
         if is_snapshot:
             event_id, event_time = item["event_id"], item["event_time"]
         else:
             label = spec.label_type.model_construct(**item)
             event_id, event_time = spec.event_id_of(label), spec.label_time_of(label)
-        stored = self.pending.get(event_id) if event_id in self._present else None
+        stored = self.pending.get(event_id, rec) if event_id in self._present else None
         entry = dict(stored) if stored else {"p": partition, "t": event_time}
         entry["snapshot" if is_snapshot else "label"] = item
         if "snapshot" in entry and "label" in entry:
@@ -131,12 +130,12 @@ class LabelJoin:
                 **snapshot, label=spec.target_of(label), label_time=spec.label_time_of(label))
             self.outputs.send(self.topics.training, event_id.encode(), example.to_json())
             if stored is not None:
-                del self.pending[event_id]
+                self.pending.delete(event_id, rec)
                 self._present.discard(event_id)
             self._joined.inc()
         else:
             entry["t"] = min(entry["t"], event_time)
-            self.pending[event_id] = entry
+            self.pending.set(event_id, entry, rec)
             self._present.add(event_id)
             heapq.heappush(self._expiry.setdefault(partition, []), (entry["t"], event_id))
         if is_snapshot:
@@ -145,6 +144,7 @@ class LabelJoin:
     def reload(self) -> None:
         """Partitions moved: read the pending entries again before the next record."""
         self._loaded = False
+        self.pending.clear()
 
     def _load(self) -> None:
         """Rebuild the expiry queues and the ids of pending entries from the table (after
@@ -153,7 +153,7 @@ class LabelJoin:
             return
         self._loaded = True
         self._expiry, self._present = {}, set()
-        for event_id, entry in self.pending.items():
+        for event_id, entry in self.pending.table.items():
             if entry:
                 self._present.add(event_id)
                 heapq.heappush(self._expiry.setdefault(entry["p"], []), (entry["t"], event_id))
@@ -163,18 +163,17 @@ class LabelJoin:
         # changelog partition of the current record.
         queue = self._expiry.get(partition, [])
         bound = self._watermark.get(partition, 0.0) - self.delay_bound
-        with as_current_event(current):
-            while queue and queue[0][0] < bound:
-                _, event_id = heapq.heappop(queue)
-                if event_id not in self._present:
-                    continue  # joined meanwhile
-                entry = self.pending.get(event_id)
-                if entry is None:
-                    continue
-                kind = "snapshot" if "snapshot" in entry else "label"
-                metrics.JOIN_EXPIRED.labels(pipeline=self.spec.name, kind=kind).inc()
-                del self.pending[event_id]
-                self._present.discard(event_id)
+        while queue and queue[0][0] < bound:
+            _, event_id = heapq.heappop(queue)
+            if event_id not in self._present:
+                continue  # joined meanwhile
+            entry = self.pending.get(event_id, current)
+            if entry is None:
+                continue
+            kind = "snapshot" if "snapshot" in entry else "label"
+            metrics.JOIN_EXPIRED.labels(pipeline=self.spec.name, kind=kind).inc()
+            self.pending.delete(event_id, current)
+            self._present.discard(event_id)
 
 
 def _fields(stored: dict | str) -> dict:

@@ -116,9 +116,10 @@ class Learning:
                 log.exception("%s: unreadable learner checkpoint, starting from the snapshot",
                               self.name)
             if learner is None:
-                snap = await self.snapshots.load()
-                learner = OnlineLearner(self.spec,
-                                        snap.model if snap else build_model(self.spec.model),
+                # No checkpoint: a new model from the log's first example. (Not the served
+                # model: it may have learned examples since published, which the log
+                # would teach it a second time.)
+                learner = OnlineLearner(self.spec, build_model(self.spec.model),
                                         metric_window=self.settings.metric_window)
             learner.add_fallback(self.spec)
             self.learner = learner

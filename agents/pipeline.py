@@ -57,8 +57,10 @@ log = logging.getLogger(__name__)
 LAG_SECONDS = 5.0
 # A reader idle this long, Faust's read positions are compared with what it handled.
 END_QUIET_SECONDS = 5.0
-# Entity states each worker keeps decoded in memory (a card's is a few KB).
+# Entity states each worker keeps decoded in memory (a card's is a few KB), and pending
+# join entries (a snapshot's is about 1 KB): most labels find theirs still in memory.
 ENTITY_CACHE = 50_000
+PENDING_CACHE = 100_000
 
 
 def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
@@ -100,7 +102,8 @@ class PipelineAgents:
                                   FeatureStore(self.redis, self.keys),
                                   self.embedding_store, self.live, space, outputs,
                                   self.deadletters, settings.partitions)
-        self.join = LabelJoin(spec, topics, pending, outputs, self.deadletters,
+        self.join = LabelJoin(spec, topics, CachedTable(pending, PENDING_CACHE), outputs,
+                              self.deadletters,
                               self.scorer.join_partition, settings.label_delay_bound_seconds)
         training_log = TrainingLog(settings, spec.name, topics.training, self.deadletters)
         self.learning = Learning(settings, spec, topics, self.redis, self.snapshots,
@@ -145,8 +148,7 @@ class PipelineAgents:
     def _reader(self, kind: str, handle) -> BatchReader:
         return BatchReader(kind, handle, pipeline=self.name, gaps=self.gaps,
                            outputs=self.outputs, deadletters=self.deadletters,
-                           batch=self.settings.worker_batch,
-                           within=self.settings.worker_batch_seconds)
+                           batch=self.settings.worker_batch)
 
     def _agent(self, kind: str, topic: faust.TopicT, handle) -> None:
         reader = self.readers[kind] = self._reader(kind, handle)

@@ -67,9 +67,9 @@ class Settings:
     checkpoint_seconds: float = 5.0
     # How often scoring processes look for a newer snapshot (DRIFTLINE_MODEL_REFRESH_SECONDS).
     model_refresh_seconds: float = 0.2
-    # Each agent takes up to N records at a time, waiting at most T seconds for them
-    # (DRIFTLINE_WORKER_BATCH, DRIFTLINE_WORKER_BATCH_SECONDS): one Redis round trip and
-    # one flush of the outputs per batch.
+    # Each agent takes what has arrived, up to N records at a time; the learner's tail of
+    # the training log waits up to T seconds for a batch (DRIFTLINE_WORKER_BATCH,
+    # DRIFTLINE_WORKER_BATCH_SECONDS): one Redis round trip and one flush per batch.
     worker_batch: int = 500
     worker_batch_seconds: float = 0.05
     # A snapshot waits this long (event time) for its label before it is dropped

@@ -12,6 +12,7 @@ import pytest
 from driftline.kafka_admin import ensure_pipeline_topics
 from driftline.namespaces import scratch_namespace
 from driftline.processes import worker_process
+from driftline.topic_reader import committed_offset
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
@@ -52,7 +53,14 @@ def test_killed_worker_restores_its_tables_and_features_match(own_settings, logs
         return scrape(metrics_url).value("driftline_events_total", pipeline="fraud",
                                          kind="event", outcome="ok")
 
-    wait_for(lambda: processed() >= N * 0.3, 120, "a third of the stream processed")
+    def committed() -> int:
+        return sum(committed_offset(s, s.app_id, topics.events, p) or 0
+                   for p in range(s.partitions))
+
+    # Killed once part of the stream is processed and committed (a worker may process a
+    # third of it before its first commit): the second must resume from those offsets.
+    wait_for(lambda: processed() >= N * 0.3 and committed() > 0, 120,
+             "a third of the stream processed, and offsets committed", interval=0.1)
     first.kill()
     # A new host: nothing of the local RocksDB state survives, only the changelogs.
     shutil.rmtree(s.data_dir / "worker" / s.app_id)
