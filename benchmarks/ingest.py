@@ -4,6 +4,7 @@ Quix Streams, on one backlog, in one run.
     python benchmarks/ingest.py                          # 30,000 events: 5 to 10 minutes on 2 cores
     python benchmarks/ingest.py --events 3000 --knn-events 1000 --no-freshness
     python benchmarks/ingest.py --only a,b,d             # a subset, while developing
+    python benchmarks/ingest.py --ref 18225d3            # and the worker of that revision
 
 The fraud generator's history (``--events`` transactions and their labels, seed 1) is
 produced unpaced into a scratch namespace of the local stack, then read cold, from its
@@ -90,7 +91,11 @@ from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 RESULTS = HERE / "results"
+# A --ref worker runs with its revision's defaults for these (0.2 s and 0.2 s since the
+# served model was separated from the checkpoint).
+REF_DEFAULTS = {"snapshot_seconds": 2.0, "model_refresh_seconds": 0.5}
 QUIX = "quixstreams==3.28.*"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CONTESTANTS = "abcde"
@@ -253,7 +258,8 @@ def delete_internal_topics(s: Settings, group: str) -> None:
 
 
 def driftline_workers(settings: list[Settings], pipeline: str, n: int, logs: Path,
-                      contestant: str, name: str, stall: float, timeout: float) -> dict:
+                      contestant: str, name: str, stall: float, timeout: float,
+                      source: Path | None = None) -> dict:
     """(d, e) Worker processes of one consumer group, spawned together, measured from the
     first of them ready (it consumes from then on) until the labels learned over all of
     them reach ``n``."""
@@ -261,7 +267,7 @@ def driftline_workers(settings: list[Settings], pipeline: str, n: int, logs: Pat
     for i, s in enumerate(settings):
         log_dir = logs / (f"{name}-{i + 1}" if len(settings) > 1 else name)
         (log_dir / "worker.log").unlink(missing_ok=True)
-        procs.append(worker_process(s, log_dir, [pipeline]))
+        procs.append(worker_process(s, log_dir, [pipeline], source))
     urls = [f"http://127.0.0.1:{s.worker_port}/metrics" for s in settings]
 
     def start(proc: ServiceProcess) -> tuple[float, float, float]:
@@ -389,6 +395,9 @@ def run(base: Settings, args: argparse.Namespace, only: str) -> tuple[list[dict]
         if "e" in only:
             pair = namespace("-x2")
             backlog(pair, "fraud", events)
+        if args.ref:
+            before = namespace("-ref")
+            backlog(before, "fraud", events)
         del events
         n, timeout = args.events, args.timeout
         if "a" in only:
@@ -408,6 +417,15 @@ def run(base: Settings, args: argparse.Namespace, only: str) -> tuple[list[dict]
             if args.knn_events > 0:
                 rows.append(driftline_workers([knn], "fraud_knn", args.knn_events, logs, "d",
                                               "driftline-knn", args.stall, timeout))
+        if args.ref:
+            print(f"(d) Driftline worker at {args.ref}", flush=True)
+            tree = checkout(args.ref, work / "ref")
+            stack.callback(subprocess.run, ["git", "-C", str(REPO), "worktree", "remove",
+                                            "--force", str(tree)], check=False)
+            # That revision's own defaults for the settings whose defaults changed since.
+            rows.append(driftline_workers(
+                [before.with_overrides(**REF_DEFAULTS)], "fraud", n, logs, "d",
+                f"driftline@{args.ref}", args.stall, timeout, source=tree))
         if "e" in only:
             print("(e) two Driftline workers, one consumer group", flush=True)
             second = Path(stack.enter_context(tempfile.TemporaryDirectory(
@@ -420,6 +438,13 @@ def run(base: Settings, args: argparse.Namespace, only: str) -> tuple[list[dict]
                                              registry_artifacts=first.registry_artifacts)],
                 "fraud", n, logs, "e", "driftline-x2", args.stall, timeout))
     return rows, versions
+
+
+def checkout(ref: str, path: Path) -> Path:
+    """A work tree of this repository at ``ref`` (``git worktree``), to run its worker."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), ref],
+                   check=True, capture_output=True)
+    return path
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -493,6 +518,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--only", default=",".join(CONTESTANTS),
                    help="contestants to run, e.g. a,b,d (default: all)")
     p.add_argument("--no-freshness", action="store_true", help="skip the freshness run")
+    p.add_argument("--ref", default="",
+                   help="also run the worker of this git revision (a baseline) on the backlog")
     p.add_argument("--freshness-rate", type=float, default=1000.0, help="events/s offered")
     p.add_argument("--freshness-seconds", type=float, default=30.0)
     p.add_argument("--peer-venv", type=Path,

@@ -26,14 +26,19 @@ class ServiceProcess:
     settings: Settings
     ready_url: str
     log_path: Path
+    # Another checkout of Driftline to run instead of this one (a benchmark's baseline).
+    source: Path | None = None
     proc: subprocess.Popen | None = field(default=None, init=False)
 
     def start(self, timeout: float = 120.0) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # A crash inside a C extension still leaves a Python traceback in the log.
         env = {**os.environ, "PYTHONFAULTHANDLER": "1", **self.settings.to_env()}
+        if self.source is not None:
+            env["PYTHONPATH"] = str(self.source)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "driftline", *self.args],
+                                         cwd=self.source,
                                          stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env,
                                          start_new_session=True)
@@ -69,11 +74,11 @@ def _only(pipelines: list[str] | None) -> list[str]:
     return [arg for p in pipelines or [] for arg in ("--pipeline", p)]
 
 
-def worker_process(settings: Settings, log_dir: Path,
-                   pipelines: list[str] | None = None) -> ServiceProcess:
+def worker_process(settings: Settings, log_dir: Path, pipelines: list[str] | None = None,
+                   source: Path | None = None) -> ServiceProcess:
     return ServiceProcess("worker", ["worker", *_only(pipelines)], settings,
                           f"http://127.0.0.1:{settings.worker_port}/healthz",
-                          log_dir / "worker.log")
+                          log_dir / "worker.log", source)
 
 
 def retrainer_process(settings: Settings, log_dir: Path,
