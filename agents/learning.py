@@ -20,7 +20,7 @@ import json
 import logging
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agents.consume import DeadLetters
@@ -28,7 +28,7 @@ from agents.faust_fixes import retried
 from agents.outputs import Outputs
 from agents.training_log import TrainingLog, UnreadTraining
 from driftline.config import Settings
-from driftline.stores import RedisKeys, SnapshotStore
+from driftline.stores import ModelSnapshot, RedisKeys, SnapshotStore
 from monitoring import metrics
 from online_models.learner import OnlineLearner
 from online_models.spec import build_model
@@ -69,6 +69,8 @@ class Learning:
         # When the oldest example learned since the last publication became one (the
         # Kafka time of its training record): the served model's label-to-serving clock.
         self._oldest_unpublished: float | None = None
+        # Called with each snapshot published (a copy), e.g. by this worker's scorer.
+        self.on_published: Callable[[ModelSnapshot], None] | None = None
         self._learned = metrics.LABELS_LEARNED.labels(pipeline=spec.name)
         self._duplicates = metrics.LABEL_DUPLICATES.labels(pipeline=spec.name)
 
@@ -171,6 +173,8 @@ class Learning:
         self._published_updates = learner.updates
         self._published_at = time.time()
         metrics.SNAPSHOTS.labels(pipeline=self.name).inc()
+        if self.on_published is not None:  # this process's scorer serves it at once
+            self.on_published(self.snapshots.last_published())
         await self._write_status()
 
     async def _write_status(self, force: bool = False) -> None:

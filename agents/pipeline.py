@@ -40,6 +40,7 @@ from driftline.stores import (
     EmbeddingStore,
     FeatureStore,
     LiveModel,
+    ModelSnapshot,
     RedisKeys,
     SnapshotStore,
     connect,
@@ -108,6 +109,7 @@ class PipelineAgents:
         training_log = TrainingLog(settings, spec.name, topics.training, self.deadletters)
         self.learning = Learning(settings, spec, topics, self.redis, self.snapshots,
                                  training_log, outputs, self.deadletters)
+        self.learning.on_published = self._serve
         self.swaps = ModelSwaps(settings, spec, topics.training, self.learning,
                                 self.deadletters)
         self.embedding = None
@@ -170,12 +172,22 @@ class PipelineAgents:
         asyncio.get_running_loop().run_in_executor(None, self.swaps.open_registry)
 
     async def refresh_model(self, *_: Any) -> None:
+        """Serve a snapshot another worker's learner published (this one's are handed
+        over at once, :meth:`_serve`)."""
         before = self.live.current
         if await self.live.refresh():
-            snap = self.live.current
-            metrics.swapped(self.name, "worker", snap.oldest_label_at)
-            metrics.serving(self.name, "worker", revision_of(snap.version),
-                            revision_of(before.version) if before else None)
+            self._swapped(before)
+
+    def _serve(self, snap: ModelSnapshot) -> None:
+        before = self.live.current
+        if self.live.adopt(snap):
+            self._swapped(before)
+
+    def _swapped(self, before: ModelSnapshot | None) -> None:
+        snap = self.live.current
+        metrics.swapped(self.name, "worker", snap.oldest_label_at)
+        metrics.serving(self.name, "worker", revision_of(snap.version),
+                        revision_of(before.version) if before else None)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         self.gaps.forget(revoked)

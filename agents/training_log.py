@@ -122,6 +122,15 @@ class TrainingTail:
     def stop(self) -> None:
         self._stopping = True
 
+    def _next(self, consumer: Consumer) -> list:
+        """What has arrived, up to a batch: the first record waited for (a while), the
+        rest taken as they are (``consume`` with a timeout would wait to fill the batch,
+        a label's latency at a low rate)."""
+        first = consumer.poll(self.settings.worker_batch_seconds)
+        if first is None:
+            return []
+        return [first, *consumer.consume(self.settings.worker_batch - 1, 0)]
+
     async def run(self) -> None:
         consumer = Consumer({
             "bootstrap.servers": self.settings.kafka_bootstrap,
@@ -138,8 +147,7 @@ class TrainingTail:
             log.info("%s: tailing from offset %s", self.topic,
                      "the start" if offset is None else offset)
             while not self._stopping:
-                messages = await asyncio.to_thread(consumer.consume, self.settings.worker_batch,
-                                                   self.settings.worker_batch_seconds)
+                messages = await asyncio.to_thread(self._next, consumer)
                 records = []
                 for msg in messages:
                     if msg.error():

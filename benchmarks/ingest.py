@@ -93,7 +93,7 @@ from streams.topics import PipelineTopics
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
-# A --ref worker runs with its revision's defaults for these (0.2 s and 0.2 s since the
+# A --ref worker runs with its revision's defaults for these (0.1 s and 0.2 s since the
 # served model was separated from the checkpoint).
 REF_DEFAULTS = {"snapshot_seconds": 2.0, "model_refresh_seconds": 0.5}
 QUIX = "quixstreams==3.28.*"

@@ -63,9 +63,10 @@ class Settings:
     # up to a MB) every T seconds (DRIFTLINE_CHECKPOINT_SECONDS). A crash costs re-learning
     # what came after the checkpoint, from the training log.
     snapshot_every: int = 200
-    snapshot_seconds: float = 0.2
+    snapshot_seconds: float = 0.1
     checkpoint_seconds: float = 5.0
-    # How often scoring processes look for a newer snapshot (DRIFTLINE_MODEL_REFRESH_SECONDS).
+    # How often scoring processes look for a newer snapshot (DRIFTLINE_MODEL_REFRESH_SECONDS);
+    # the worker whose learner published one serves it at once.
     model_refresh_seconds: float = 0.2
     # Each agent takes what has arrived, up to N records at a time; the learner's tail of
     # the training log waits up to T seconds for a batch (DRIFTLINE_WORKER_BATCH,

@@ -135,6 +135,23 @@ class ModelSnapshot:
     oldest_label_at: float | None = None
 
 
+SNAPSHOT_FIELDS = ["blob", "version", "published_at", "fallback", "fallback_examples", "id",
+                   "oldest_label_at"]
+
+
+def _snapshot(fields: dict[str, Any]) -> ModelSnapshot:
+    """A snapshot from its stored fields (bytes from Redis, or as just published)."""
+    def text(name: str) -> str | None:
+        value = fields.get(name)
+        return value.decode() if isinstance(value, bytes) else value
+
+    version = text("version")
+    return ModelSnapshot(pickle.loads(fields["blob"]), version, float(text("published_at") or 0),
+                         pickle.loads(fields["fallback"]) if "fallback" in fields else None,
+                         int(text("fallback_examples") or 0), text("id") or version,
+                         float(text("oldest_label_at")) if "oldest_label_at" in fields else None)
+
+
 class SnapshotStore:
     """The latest model snapshot of a pipeline, written by its one learner, and the
     learner's checkpoint; with ``key=keys.challenger``, the challenger of a traffic split."""
@@ -143,6 +160,7 @@ class SnapshotStore:
         self.r = client
         self.keys = keys
         self.key = key or keys.model
+        self.published: dict[str, Any] = {}  # the fields last published from here
 
     async def publish(self, model: Any, version: str, *, only_if_absent: bool = False,
                       fallback: Any = None, fallback_examples: int = 0,
@@ -165,7 +183,12 @@ class SnapshotStore:
             if not await self.r.hsetnx(self.key, "version", version):
                 return False
         await self.r.hset(self.key, mapping=mapping)
+        self.published = mapping
         return True
+
+    def last_published(self) -> ModelSnapshot:
+        """What this store last published, as a scorer would load it (a copy)."""
+        return _snapshot(self.published)
 
     async def save_checkpoint(self, learner: Any, version: str) -> None:
         """The learner's whole state (its model, its input offset, the drift monitors'
@@ -187,15 +210,11 @@ class SnapshotStore:
         return value.decode() if value is not None else None
 
     async def load(self) -> ModelSnapshot | None:
-        blob, version, at, fallback, examples, found, label_at = await self.r.hmget(
-            self.key, ["blob", "version", "published_at", "fallback", "fallback_examples",
-                       "id", "oldest_label_at"])
-        if blob is None or version is None:
+        values = await self.r.hmget(self.key, SNAPSHOT_FIELDS)
+        found = {k: v for k, v in zip(SNAPSHOT_FIELDS, values, strict=True) if v is not None}
+        if "blob" not in found or "version" not in found:
             return None
-        return ModelSnapshot(pickle.loads(blob), version.decode(), float(at or 0),
-                             pickle.loads(fallback) if fallback is not None else None,
-                             int(examples or 0), (found or version).decode(),
-                             float(label_at) if label_at is not None else None)
+        return _snapshot(found)
 
     async def delete(self) -> None:
         await self.r.delete(self.key)
@@ -287,6 +306,14 @@ class LiveModel:
             return False
         snap = await self.store.load()
         if snap is None:
+            return False
+        self.current = snap
+        return True
+
+    def adopt(self, snap: ModelSnapshot) -> bool:
+        """Serve ``snap`` now, published by a learner in this process (no wait for the
+        next refresh); whether it was new."""
+        if self.current is not None and self.current.snapshot_id == snap.snapshot_id:
             return False
         self.current = snap
         return True
