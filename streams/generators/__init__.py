@@ -1,7 +1,7 @@
 """Synthetic streams for demos, tests and benchmarks, one per shipped pipeline.
 
 >>> sorted(GENERATORS)
-['agrawal', 'fraud', 'pricing']
+['agrawal', 'bananas', 'fraud', 'phishing', 'pricing']
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from streams.generators.agrawal import AgrawalGenerator, AgrawalStreamConfig
 from streams.generators.base import Emission
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
 from streams.generators.pricing import PricingGenerator, PricingStreamConfig
+from streams.generators.river_datasets import RiverDatasetConfig, RiverDatasetGenerator
 
 GENERATORS: dict[str, tuple[type, Any]] = {
     "agrawal": (AgrawalGenerator, AgrawalStreamConfig()),
+    "bananas": (RiverDatasetGenerator, RiverDatasetConfig(dataset="bananas", events=5_300)),
     "fraud": (FraudGenerator, FraudStreamConfig()),
+    "phishing": (RiverDatasetGenerator, RiverDatasetConfig(dataset="phishing")),
     "pricing": (PricingGenerator, PricingStreamConfig()),
 }
 

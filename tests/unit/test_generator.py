@@ -1,11 +1,14 @@
 import statistics
 from collections import Counter
+from itertools import islice
 
 import pytest
+from river import datasets
 
 from streams.generators import GENERATORS, generate
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
 from streams.generators.pricing import PricingGenerator, PricingStreamConfig
+from streams.generators.river_datasets import RiverDatasetConfig, RiverDatasetGenerator
 
 
 def stream(**kw):
@@ -82,3 +85,16 @@ def test_pricing_stream_follows_demand_and_drifts():
 
     ids = sorted(events)
     assert per_km(ids[3500:]) > 1.2 * per_km(ids[:2500])
+
+
+def test_a_river_data_set_is_replayed_in_its_order_with_exact_label_delays():
+    config = RiverDatasetConfig(dataset="bananas", events=300, seed=2, label_delay=1.5)
+    emitted = list(RiverDatasetGenerator(config).emissions())
+    events = [e for e in emitted if e.kind == "event"]
+    labels = {e.record.event_id: e for e in emitted if e.kind == "label"}
+    for e, (x, y) in zip(events, islice(datasets.Bananas(), 300), strict=True):
+        assert (e.record.x, e.record.y) == (x["1"], x["2"]) and e.key == e.record.source
+        label = labels[e.record.event_id]
+        assert label.record.positive == y and abs(label.at - e.at - 1.5) < 1e-6
+    # Asked for more than the data set has, the generator gives the data set.
+    assert sum(e.kind == "event" for e in generate("phishing", events=5000)[1]) == 1250
