@@ -63,16 +63,18 @@ def deliver_directly(app: faust.App) -> None:
     record to the agents with ``wait_first(deliver(record), suspend_flow.wait())``, so that
     a rebalance can abandon a delivery in progress: two tasks created and cancelled per
     record, most of its consumer's cost (a bare agent read 7,000 records/s here with it,
-    31,500 without; benchmarks/ingest.py). While the flow is not suspended, this awaits the
-    delivery itself; once it is (a rebalance or a stop has begun), Faust's own
-    ``wait_first`` decides, as before. A stop cancels the fetch loop either way.
+    31,500 without; benchmarks/ingest.py). While the flow runs (neither the consumer's flow
+    nor the app's flow control suspended, so a delivery cannot wait for a rebalance), this
+    awaits the delivery itself; otherwise Faust's own ``wait_first`` decides, as before.
+    A stop cancels the fetch loop either way.
     """
     consumer: Any = app.consumer
     original = consumer.wait_first
     suspended = consumer.suspend_flow
+    flowing = app.flow_control.is_active  # a delivery waits while it is not
 
     async def wait_first(*coros: Any, timeout: float | None = None) -> Any:
-        if len(coros) == 2 and not suspended.is_set():
+        if len(coros) == 2 and not suspended.is_set() and flowing():
             frame = getattr(coros[1], "cr_frame", None)
             if frame is not None and frame.f_locals.get("self") is suspended:
                 coros[1].close()  # the suspension's wait, never started

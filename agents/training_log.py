@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -140,6 +141,10 @@ class TrainingTail:
             "enable.auto.commit": False,
             "enable.partition.eof": False,
         })
+        # A thread of its own for the blocking polls: the loop's default executor serves
+        # the outputs' flushes, which must never wait behind a tail.
+        thread = ThreadPoolExecutor(1, thread_name_prefix=f"tail-{self.topic}")
+        loop = asyncio.get_running_loop()
         try:
             offset = await self.start()
             consumer.assign([TopicPartition(self.topic, 0,
@@ -147,7 +152,7 @@ class TrainingTail:
             log.info("%s: tailing from offset %s", self.topic,
                      "the start" if offset is None else offset)
             while not self._stopping:
-                messages = await asyncio.to_thread(self._next, consumer)
+                messages = await loop.run_in_executor(thread, self._next, consumer)
                 records = []
                 for msg in messages:
                     if msg.error():
@@ -158,4 +163,5 @@ class TrainingTail:
                 if records and not self._stopping:
                     await self.handle(records)
         finally:
-            await asyncio.to_thread(consumer.close)
+            await loop.run_in_executor(thread, consumer.close)
+            thread.shutdown(wait=False)
