@@ -169,7 +169,6 @@ class PipelineAgents:
         await self.snapshots.publish(build_model(self.spec.model), "v0.0", only_if_absent=True)
         if await self.live.refresh():
             metrics.serving(self.name, "worker", revision_of(self.live.current.version), None)
-        asyncio.get_running_loop().run_in_executor(None, self.swaps.open_registry)
 
     async def refresh_model(self, *_: Any) -> None:
         """Serve a snapshot another worker's learner published (this one's are handed

@@ -127,8 +127,9 @@ class ModelSwaps:
         return registry.load(self.name, version), registry.get(self.name, version).lineage
 
     def open_registry(self) -> None:
-        """Open the registry (MLflow's import, the database) ahead of the first promotion,
-        in a thread, so that a promotion pauses learning for the load of one model only."""
+        """Open the registry (MLflow's import, the database) ahead of the first promotion
+        (the worker does before it consumes), so that a promotion pauses learning for the
+        load of one model only."""
         try:
             self.registry  # noqa: B018 - opening it is the point
         except Exception:  # noqa: BLE001 - a promotion will retry and report it

@@ -52,6 +52,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from monitoring.logs import dict_config
 
     app = create_app(settings, args.pipeline)
+    # The model registry's first open (MLflow's import, its database's schema check) holds
+    # the interpreter for seconds: before the worker consumes, not in its first seconds.
+    for pipeline in app.driftline_pipelines:
+        pipeline.swaps.open_registry()
     worker = faust.Worker(app, loglevel=settings.log_level,
                           logging_config=dict_config(settings.log_level, settings.log_format,
                                                      settings.log_entities,
