@@ -20,7 +20,7 @@ from typing import Any
 
 import faust
 
-from agents.faust_fixes import GapFiller, as_current_event
+from agents.faust_fixes import GapFiller
 from agents.outputs import Outputs
 from monitoring import metrics
 from monitoring.logs import bound
@@ -71,7 +71,7 @@ class BatchReader:
         self.outputs = outputs
         self.deadletters = deadletters
         self.batch = batch
-        self.topics: frozenset[str] = frozenset()
+        self.topics: frozenset[str] = frozenset()  # set when its agent is registered
         self.lock = asyncio.Lock()
 
     async def run(self, stream: faust.StreamT) -> None:
@@ -86,7 +86,6 @@ class BatchReader:
         their batch is handled and acknowledged.
         """
         app = stream.app
-        self.topics = frozenset(stream.channel.topics)
         queue = stream.channel.queue
         while True:
             try:
@@ -142,8 +141,7 @@ class BatchReader:
 
     async def _handle_alone(self, rec: Any) -> None:
         try:
-            with as_current_event(rec):
-                await self.handle([rec])
+            await self.handle([rec])
         except Exception as exc:  # noqa: BLE001 - park it with the reason, carry on
             log.exception("%s: processing failed, dead-lettering", self.kind)
             self.deadletters.send(rec, InvalidRecord({"$": f"processing failed: {exc!r}"}),

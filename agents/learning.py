@@ -65,7 +65,6 @@ class Learning:
         self._status_at = 0.0
         self._status_updates = -1
         self._checkpointed_updates = 0
-        self._checkpointed_at = time.monotonic()
         # When the oldest example learned since the last publication became one (the
         # Kafka time of its training record): the served model's label-to-serving clock.
         self._oldest_unpublished: float | None = None
@@ -228,4 +227,3 @@ class Learning:
         learner = self.learner
         await self.snapshots.save_checkpoint(learner, learner.version)
         self._checkpointed_updates = learner.updates
-        self._checkpointed_at = time.monotonic()

@@ -27,7 +27,7 @@ from faust.types import TP
 
 from agents.consume import BatchReader, DeadLetters
 from agents.embedding import EmbeddingAgent
-from agents.faust_fixes import GapFiller, as_current_event, every
+from agents.faust_fixes import GapFiller, every
 from agents.join import LabelJoin
 from agents.learning import Learning
 from agents.outputs import Outputs
@@ -296,5 +296,4 @@ class PipelineAgents:
                     if not self.app.flow_control.is_active() \
                             or tp not in self.app.consumer.assignment():
                         return  # a rebalance began while the records were fetched
-                    with as_current_event(missed[-1]):
-                        await reader.handle_missed(missed)
+                    await reader.handle_missed(missed)
