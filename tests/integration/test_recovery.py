@@ -47,7 +47,9 @@ def test_killed_worker_restores_its_tables_and_features_match(own_settings, logs
 
     first = worker_process(s, logs / "recovery").start()
     metrics_url = f"http://127.0.0.1:{s.worker_port}/metrics"
-    send(s, topics.events, [(t.card_id, t.to_json()) for t in events])
+    # Half the stream now, the rest while the worker is down: it is killed mid-stream
+    # however fast it processes.
+    send(s, topics.events, [(t.card_id, t.to_json()) for t in events[:N // 2]])
 
     def processed() -> float:
         return scrape(metrics_url).value("driftline_events_total", pipeline="fraud",
@@ -62,6 +64,7 @@ def test_killed_worker_restores_its_tables_and_features_match(own_settings, logs
     wait_for(lambda: processed() >= N * 0.3 and committed() > 0, 120,
              "a third of the stream processed, and offsets committed", interval=0.1)
     first.kill()
+    send(s, topics.events, [(t.card_id, t.to_json()) for t in events[N // 2:]])
     # A new host: nothing of the local RocksDB state survives, only the changelogs.
     shutil.rmtree(s.data_dir / "worker" / s.app_id)
 
