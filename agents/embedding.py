@@ -38,7 +38,7 @@ from driftline.vectors import VectorStore, ensure_collections
 from monitoring import metrics as m
 from streams.declarations import PipelineSpec
 from streams.embeddings import EventEmbedder, Profile
-from streams.schemas import InvalidRecord, TrainingExample, parse
+from streams.schemas import InvalidRecord, TrainingExample
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class EmbeddingAgent:
     def _apply(self, state: EmbeddingCheckpoint, value: bytes, offset: int) -> None:
         state.next_offset = offset + 1
         try:
-            example = parse(TrainingExample, value)
+            example = self.training_log.example(value, offset)
         except InvalidRecord:
             return  # the learner dead-letters it; one dead letter per record is enough
         if example.event_id in state.seen or self._forgotten_event(example):

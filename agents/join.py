@@ -85,6 +85,7 @@ class LabelJoin:
                 self.deadletters.send(rec, exc, "label" if from_labels else "join")
         for partition, rec in touched.items():
             self._expire(partition, rec)
+        self.pending.flush()
 
     def _items(self, rec: Any, from_labels: bool) -> list[tuple[bool, dict]] | None:
         """The snapshots and labels a record carries, as ``(is_snapshot, fields)``; None

@@ -33,7 +33,7 @@ from monitoring import metrics
 from online_models.learner import OnlineLearner
 from online_models.spec import build_model
 from streams.declarations import PipelineSpec
-from streams.schemas import ControlEvent, InvalidRecord, TrainingExample, parse
+from streams.schemas import ControlEvent, InvalidRecord
 from streams.topics import PipelineTopics
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Learning:
     def _apply(self, learner: OnlineLearner, value: bytes, offset: int) -> None:
         # The offset moves on even for an invalid example: it is dead-lettered, not retried.
         learner.next_offset = offset + 1
-        example = parse(TrainingExample, value)
+        example = self.training_log.example(value, offset)
         if learner.learn(example, update_model=offset > learner.learned_through):
             self._learned.inc()
         else:

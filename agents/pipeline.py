@@ -33,7 +33,7 @@ from agents.learning import Learning
 from agents.outputs import Outputs
 from agents.promotions import ModelSwaps
 from agents.scoring import EventScorer
-from agents.tables import CachedTable, changelog_through
+from agents.tables import CachedTable
 from agents.training_log import TrainingLog, TrainingTail
 from driftline.config import Settings
 from driftline.stores import (
@@ -93,17 +93,17 @@ class PipelineAgents:
         entity_state = app.Table(f"{self.name}-entity-state", default=None, **table_opts)
         # Snapshots waiting for their label (or labels for their snapshot), by event id.
         pending = app.Table(f"{self.name}-pending-join", default=None, **table_opts)
-        for table in (entity_state, pending):
-            changelog_through(table, outputs)
 
         space = None
         if spec.embeddings is not None and spec.embeddings.neighbour_feature is not None:
             space = EmbeddingSpace(settings, spec, self.embedding_store, "worker")
-        self.scorer = EventScorer(spec, topics, CachedTable(entity_state, ENTITY_CACHE),
+        entity_states = CachedTable(entity_state, ENTITY_CACHE, outputs)
+        self.scorer = EventScorer(spec, topics, entity_states,
                                   FeatureStore(self.redis, self.keys),
                                   self.embedding_store, self.live, space, outputs,
                                   self.deadletters, settings.partitions)
-        self.join = LabelJoin(spec, topics, CachedTable(pending, PENDING_CACHE), outputs,
+        self.join = LabelJoin(spec, topics, CachedTable(pending, PENDING_CACHE, outputs),
+                              outputs,
                               self.deadletters,
                               self.scorer.join_partition, settings.label_delay_bound_seconds)
         training_log = TrainingLog(settings, spec.name, topics.training, self.deadletters)

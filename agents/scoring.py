@@ -132,6 +132,7 @@ class EventScorer:
         for entity, (rec, features, event_time) in newest.items():
             self.table.set(entity, states[entity], rec)
             rows.append((entity, features, states[entity], event_time))
+        self.table.flush()
         if rows:
             await retried(lambda: self.features.put_many(rows), Exception,
                           f"{self.spec.name}: writing {len(rows)} feature rows to Redis")

@@ -1,66 +1,56 @@
-"""Faust tables made cheaper on the hot path: changelogs through the worker's outputs
-(librdkafka), and reads from memory.
+"""Faust tables made cheaper on the hot path: reads from memory, writes in batches.
 
-**Changelogs.**
-A Faust table write sends its changelog record with Faust's producer: a future, a buffer
-task and aiokafka's Python accumulator for each one, which the profile of a worker under
-a backlog showed among its largest costs. :func:`changelog_through` makes a table send
-the same bytes, to the same partition, through :class:`~agents.outputs.Outputs`, which
-every agent flushes before its batch is acknowledged: a changelog record is delivered
-before the offset of the record that made it can be committed, as Faust's own flush
-before a commit ensures for its producer.
+A Faust table write sends its changelog record with Faust's producer (a future, a buffer
+task and aiokafka's Python accumulator for each) and goes through the managed dict, the
+serializing store and the changelog hook; the profile of a worker under a backlog put
+these among its largest costs. :class:`CachedTable` keeps values in memory and writes
+each batch's changes once: to the partition's RocksDB in one write batch, and to the
+changelog, with the same bytes and partition Faust would use, through
+:class:`~agents.outputs.Outputs`, which every agent flushes before its batch is
+acknowledged: a changelog record is delivered before the offset of the record that made
+it can be committed, as Faust's own flush before a commit ensures for its producer.
 
 What is left out: Faust records, in each table partition's RocksDB, the changelog offset
-its data reflects, from the producer's acknowledgement. Without it, a worker restarted
+its data reflects, from its producer's acknowledgement. Without it, a worker restarted
 after a clean stop reads the whole changelog again (the data is the same; the start is
 slower). After a crash the local state is discarded anyway
 (:func:`agents.faust_fixes.discard_state_after_crash`).
-
-**Reads.** A table read decodes the value from RocksDB each time; :class:`CachedTable`
-keeps the values it read or wrote, so an entity's state is decoded once per process,
-not once per batch. The cache is emptied whenever partitions move (another worker may
-have written them meanwhile).
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from cachetools import LRUCache
+from rocksdict import WriteBatch
 
 from agents.faust_fixes import as_current_event
 from agents.outputs import Outputs
 
 
-def changelog_through(table: Any, outputs: Outputs) -> None:
-    """Send ``table``'s changelog records through ``outputs``."""
-    topic = table.changelog_topic.get_topic_name()
-    serializers = table.app.serializers
-
-    def send_changelog(partition: int, key: Any, value: Any, key_serializer: Any = None,
-                       value_serializer: Any = None) -> Any:
-        raw_key = serializers.dumps_key(table.key_type, key,
-                                        serializer=key_serializer or table.key_serializer)
-        raw_value = None if value is None else serializers.dumps_value(
-            table.value_type, value, serializer=value_serializer or table.value_serializer)
-        outputs.send(topic, raw_key, raw_value, partition)
-        # What Faust's table reads of the future it expects: the message's partition.
-        return SimpleNamespace(message=SimpleNamespace(partition=partition))
-
-    table.send_changelog = send_changelog
-
-
 class CachedTable:
-    """A Faust table read through an LRU cache of ``size`` entries; writes go through
-    both. Each access names the record it is made for: the table's partition is the
-    record's (as Faust's own table access takes it from the stream's current event)."""
+    """A Faust table read through an LRU cache of ``size`` entries, written behind.
 
-    def __init__(self, table: Any, size: int) -> None:
+    Writes land in memory and in a buffer that :meth:`flush` writes, before the batch
+    that made them is acknowledged: one RocksDB write batch per partition and one
+    changelog record per key, whatever the number of writes to it meanwhile (a pending
+    join entry set and deleted in one batch costs a tombstone). Faust's own table write
+    went through five layers per key (the managed dict, the serializing store, the
+    changelog hook, a delete tried in every partition's database), which a worker's
+    profile put at a fifth of its time. Each access names the record it is made for: the
+    table's partition is the record's, as Faust takes it from the stream's current event.
+    """
+
+    def __init__(self, table: Any, size: int, outputs: Outputs) -> None:
         self.table = table
+        self.outputs = outputs
         self._cache: LRUCache = LRUCache(maxsize=size)
+        self._dirty: dict[str, tuple[int, Any]] = {}  # key -> (partition, value or None)
 
     def get(self, key: str, record: Any) -> Any:
+        written = self._dirty.get(key)
+        if written is not None:
+            return written[1]
         try:
             return self._cache[key]
         except KeyError:
@@ -71,15 +61,40 @@ class CachedTable:
         return value
 
     def set(self, key: str, value: Any, record: Any) -> None:
-        with as_current_event(record):
-            self.table[key] = value
+        self._dirty[key] = (record.message.partition, value)
         self._cache[key] = value
 
     def delete(self, key: str, record: Any) -> None:
-        with as_current_event(record):
-            del self.table[key]
+        self._dirty[key] = (record.message.partition, None)
         self._cache[key] = None
 
+    def flush(self) -> None:
+        """Write what was set or deleted since the last flush to RocksDB and the
+        changelog (through the outputs, flushed by the caller before it acknowledges)."""
+        if not self._dirty:
+            return
+        store = self.table.data  # Faust's RocksDB store: its key and value encodings
+        topic = self.table.changelog_topic.get_topic_name()
+        batches: dict[int, Any] = {}
+        for key, (partition, value) in self._dirty.items():
+            raw_key = store._encode_key(key)
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = WriteBatch(raw_mode=True)
+            if value is None:
+                raw_value = None
+                batch.delete(raw_key)
+            else:
+                raw_value = store._encode_value(value)
+                batch.put(raw_key, raw_value)
+                store._key_index[raw_key] = partition  # where Faust's own reads look
+            self.outputs.send(topic, raw_key, raw_value, partition)
+        for partition, batch in batches.items():
+            store._db_for_partition(partition).write(batch)
+        self._dirty.clear()
+
     def clear(self) -> None:
-        """Forget every cached value (partitions moved)."""
+        """Forget every cached value (partitions moved). Unflushed writes are dropped:
+        their records were not acknowledged, and are handled again by their owner."""
         self._cache.clear()
+        self._dirty.clear()

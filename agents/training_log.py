@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from cachetools import LRUCache
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from agents.consume import DeadLetters
@@ -26,7 +27,7 @@ from agents.faust_fixes import RecoveredEvent, RecoveredMessage
 from driftline.config import Settings
 from driftline.topic_reader import read_range, watermarks
 from monitoring import metrics
-from streams.schemas import InvalidRecord
+from streams.schemas import InvalidRecord, TrainingExample, parse
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,22 @@ class TrainingLog:
         self.pipeline = pipeline
         self.topic = topic
         self.deadletters = deadletters
+        # offset -> (value, example or the InvalidRecord it raised): both readers apply
+        # the same records one after the other, and parse each once.
+        self._parsed: LRUCache = LRUCache(maxsize=self.GAP_CHUNK)
+
+    def example(self, value: bytes, offset: int) -> TrainingExample:
+        """The example in the training record at ``offset``; raises :class:`InvalidRecord`."""
+        hit = self._parsed.get(offset)
+        if hit is None or hit[0] != value:
+            try:
+                hit = (value, parse(TrainingExample, value))
+            except InvalidRecord as exc:
+                hit = (value, exc)
+            self._parsed[offset] = hit
+        if isinstance(hit[1], InvalidRecord):
+            raise hit[1]
+        return hit[1]
 
     async def apply_in_order(self, cursor: Cursor, record: Any,
                              apply: Callable[[bytes, int], None], reader: str) -> None:

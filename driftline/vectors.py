@@ -49,8 +49,24 @@ GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_withou
 ID_LENGTH = 4 * 128
 # What a store that does not answer raises: a caller's 503, not a bug's 500.
 STORE_ERRORS = (MilvusException, grpc.RpcError, RedisError, TimeoutError, OSError)
-EVENT_FIELDS = ["entity", "label", "event_time", "score", "model_version", "offset"]
-ENTITY_FIELDS = ["label", "weight", "updated", "events", "last_offset"]
+# The scalar fields of each collection, beside its ``id`` and ``vector``.
+EVENT_SCHEMA: dict[str, tuple[DataType, dict[str, Any]]] = {
+    "entity": (DataType.VARCHAR, {"max_length": ID_LENGTH}),
+    "label": (DataType.FLOAT, {}),
+    "event_time": (DataType.DOUBLE, {}),
+    "score": (DataType.FLOAT, {}),
+    "model_version": (DataType.VARCHAR, {"max_length": 64}),
+    "offset": (DataType.INT64, {}),
+}
+ENTITY_SCHEMA: dict[str, tuple[DataType, dict[str, Any]]] = {
+    "label": (DataType.FLOAT, {}),
+    "weight": (DataType.DOUBLE, {}),
+    "updated": (DataType.DOUBLE, {}),
+    "events": (DataType.INT64, {}),
+    "last_offset": (DataType.INT64, {}),
+}
+EVENT_FIELDS = list(EVENT_SCHEMA)
+ENTITY_FIELDS = list(ENTITY_SCHEMA)
 
 
 def collection_prefix(settings: Settings) -> str:
@@ -102,11 +118,12 @@ def ensure_collections(settings: Settings, spec: PipelineSpec) -> None:
     events, entities = collection_names(settings, spec.name)
     client = blocking_client(settings)
     try:
-        for name, extra in ((events, _event_fields), (entities, _entity_fields)):
+        for name, fields in ((events, EVENT_SCHEMA), (entities, ENTITY_SCHEMA)):
             if not client.has_collection(name):
                 schema = MilvusClient.create_schema(auto_id=False)
                 schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_LENGTH)
-                extra(schema)
+                for field, (dtype, params) in fields.items():
+                    schema.add_field(field, dtype, **params)
                 schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
                 index = MilvusClient.prepare_index_params()
                 index.add_index("vector", index_type=policy.index, metric_type=policy.metric,
@@ -117,23 +134,6 @@ def ensure_collections(settings: Settings, spec: PipelineSpec) -> None:
             client.load_collection(name)
     finally:
         client.close()
-
-
-def _event_fields(schema: Any) -> None:
-    schema.add_field("entity", DataType.VARCHAR, max_length=ID_LENGTH)
-    schema.add_field("label", DataType.FLOAT)
-    schema.add_field("event_time", DataType.DOUBLE)
-    schema.add_field("score", DataType.FLOAT)
-    schema.add_field("model_version", DataType.VARCHAR, max_length=64)
-    schema.add_field("offset", DataType.INT64)
-
-
-def _entity_fields(schema: Any) -> None:
-    schema.add_field("label", DataType.FLOAT)
-    schema.add_field("weight", DataType.DOUBLE)
-    schema.add_field("updated", DataType.DOUBLE)
-    schema.add_field("events", DataType.INT64)
-    schema.add_field("last_offset", DataType.INT64)
 
 
 def drop_namespace_collections(settings: Settings) -> int:
@@ -173,8 +173,22 @@ class VectorStore:
 
     async def upsert_events(self, rows: list[dict[str, Any]]) -> None:
         """Rows with ``id``, ``vector`` and :data:`EVENT_FIELDS`."""
-        if rows:
-            await self.client.upsert(self.events, rows, timeout=self.timeout)
+        await self._upsert(self.events, EVENT_SCHEMA, rows)
+
+    async def _upsert(self, collection: str,
+                      schema: Mapping[str, tuple[DataType, dict[str, Any]]],
+                      rows: list[dict[str, Any]]) -> None:
+        """Upsert ``rows`` as columns, through pymilvus's column path (its connection's
+        ``upsert``; the client's takes rows only): packing rows cost about 30
+        microseconds each, a tenth of a worker's time in its profile; by columns, 3."""
+        if not rows:
+            return
+        types = {"id": DataType.VARCHAR, "vector": DataType.FLOAT_VECTOR,
+                 **{field: dtype for field, (dtype, _) in schema.items()}}
+        entities = [{"name": f, "type": t, "values": [r[f] for r in rows]}
+                    for f, t in types.items()]
+        conn = await self.client._get_connection()
+        await conn.upsert(collection, entities, timeout=self.timeout)
 
     async def profiles(self, entities: Iterable[str]) -> dict[str, Profile]:
         """The stored profiles of ``entities`` (read strongly: they are about to change)."""
@@ -190,8 +204,7 @@ class VectorStore:
         rows = [{"id": entity, "vector": list(p.vector), "label": p.label, "weight": p.weight,
                  "updated": p.updated, "events": p.events, "last_offset": p.last_offset}
                 for entity, p in profiles.items()]
-        if rows:
-            await self.client.upsert(self.entities, rows, timeout=self.timeout)
+        await self._upsert(self.entities, ENTITY_SCHEMA, rows)
 
     async def seal(self) -> None:
         """Flush both collections: written rows become indexed segments (see

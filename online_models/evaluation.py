@@ -34,7 +34,16 @@ def new_metrics(task: str, names: Iterable[str], window: int | None = None) -> d
         raise ValueError(f"unknown {task} metric(s) {unknown}; known: {sorted(known)}")
     if window is None:
         return {name: known[name]() for name in names}
-    return {name: utils.Rolling(known[name], window_size=window) for name in names}
+    return {name: _rolling(name, known[name], window) for name in names}
+
+
+def _rolling(name: str, metric: type, window: int) -> metrics.base.Metric:
+    # River's own rolling ROC AUC is exact and costs 0.3 microseconds a label; a generic
+    # Rolling(ROCAUC) reverts ten thresholds' confusion matrices, 10 (the learner's
+    # largest cost after the model itself).
+    if name == "roc_auc":
+        return metrics.RollingROCAUC(window_size=window)
+    return utils.Rolling(metric, window_size=window)
 
 
 def update(ms: Mapping, task: str, label: bool | float, score: float) -> None:
