@@ -5,9 +5,9 @@
     <p>.training --embed--> <prefix>_events    one vector per labeled event (upsert by id)
                             <prefix>_entities  one time-decayed profile per entity
 
-It is the training log's second reader, fed by the training agent after the learner with
-the same batches, and keeps its own cursor and checkpoint: a slow or absent Milvus delays
-the vectors and never the model. When a backlog of ten batches cannot be written, the
+It is the training log's second reader, handed the learner's batches, which a task of
+its own applies (up to twenty batches queue; then the learner waits), and keeps its own
+cursor and checkpoint: a slow or absent Milvus delays the vectors and never the model. When a backlog of ten batches cannot be written, the
 agent drops it and only notes the records that come (Kafka keeps them); once Milvus
 answers again its timer catches up from the checkpoint, a chunk per round.
 
@@ -23,6 +23,7 @@ wait in the checkpoint until it is frozen, and are then written like any other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -30,6 +31,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from cachetools import LRUCache
 
 from agents.training_log import TrainingLog
 from driftline.config import Settings
@@ -57,6 +60,12 @@ class EmbeddingCheckpoint:
     erasures: dict[str, float] = field(default_factory=dict)
 
     DEDUPE_WINDOW = 5000
+
+
+# Entity profiles kept in memory (a profile is a vector and five numbers).
+PROFILE_CACHE = 50_000
+# Training batches waiting for the agent (a batch is up to DRIFTLINE_WORKER_BATCH records).
+INBOX_BATCHES = 20
 
 
 class EmbeddingAgent:
@@ -88,6 +97,13 @@ class EmbeddingAgent:
         # Erased entities (DELETE /v1/entities) as last read, each with its erasure time.
         self._forgotten: dict[str, float] = {}
         self._unsealed = 0  # rows written since the collections were last flushed
+        # Entity profiles as this agent last wrote them (it is their only writer): read
+        # back from Milvus for every batch, they cost a tenth of the worker's time.
+        self._profiles: LRUCache = LRUCache(maxsize=PROFILE_CACHE)
+        # Batches the learner handed over, applied by a task of this agent's own: a Milvus
+        # write (50-200 ms for Milvus Lite) no longer holds the learner up.
+        self._inbox: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=INBOX_BATCHES)
+        self._applier: asyncio.Task | None = None
 
     @functools.cached_property
     def vectors(self) -> VectorStore:
@@ -95,8 +111,16 @@ class EmbeddingAgent:
 
     async def forget(self) -> None:
         """The training partition was revoked: resume from the checkpoint if it comes back."""
+        applier, self._applier = self._applier, None
+        if applier is not None:
+            applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applier
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
         async with self._lock:
             self.state, self.pending, self._latest = None, [], None
+            self._profiles.clear()
             self._set_mode("live")
 
     def _set_mode(self, mode: str) -> None:
@@ -108,10 +132,18 @@ class EmbeddingAgent:
     # ---- applying examples ----------------------------------------------------------
 
     async def on_records(self, records: Sequence[Any]) -> None:
-        """Apply a batch of training records, after the learner; never dead-letters (the
-        learner does, once per record)."""
-        for rec in records:
-            await self._embed_one(rec)
+        """Take a batch of training records, after the learner, to apply in order; waits
+        only while :data:`INBOX_BATCHES` are queued. Never dead-letters (the learner does,
+        once per record)."""
+        if self._applier is None or self._applier.done():
+            self._applier = asyncio.create_task(self._apply_inbox())
+        await self._inbox.put(list(records))
+
+    async def _apply_inbox(self) -> None:
+        while True:
+            records = await self._inbox.get()
+            for rec in records:
+                await self._embed_one(rec)
 
     async def _embed_one(self, record: Any) -> None:
         offset = record.message.offset
@@ -140,6 +172,7 @@ class EmbeddingAgent:
         answer. Callers hold the lock."""
         log.warning("%s: %s; %d rows left to Kafka", self.name, why, len(self.pending))
         self.state, self.pending = None, []
+        self._profiles.clear()
         self._note(offset)
         self._set_mode("suspended")
 
@@ -274,6 +307,7 @@ class EmbeddingAgent:
             return
         await self._ensure_collections()
         for entity, until in new.items():
+            self._profiles.pop(entity, None)
             await self.vectors.forget(entity, until)
         state.erasures.update(new)
         # Nor keep their rows, in memory or in the checkpoint; the rows applied later are
@@ -293,15 +327,18 @@ class EmbeddingAgent:
                          "score": ex.score, "model_version": ex.model_version[:64],
                          "offset": offset})
         await self.vectors.upsert_events(rows)
-        profiles = await self.vectors.profiles(ex.entity for _, ex in batch)
+        known = self._profiles
+        stored = await self.vectors.profiles(
+            {ex.entity for _, ex in batch if ex.entity not in known})
         changed: dict[str, Profile] = {}
         for offset, ex in batch:
-            before = changed.get(ex.entity) or profiles.get(ex.entity)
+            before = changed.get(ex.entity) or known.get(ex.entity) or stored.get(ex.entity)
             label, t = float(ex.label), ex.event_time
             changed[ex.entity] = (
                 Profile.first(vectors[offset], label, t, offset) if before is None else
                 before.add(vectors[offset], label, t, offset, self.policy.profile_half_life))
         await self.vectors.upsert_profiles(changed)
+        known.update(changed)
         self._unsealed += len(rows) + len(changed)
         if self._unsealed >= self.s.vector_seal_rows:
             await self.vectors.seal()

@@ -104,7 +104,7 @@ class LabelJoin:
         kind, body = rec.value[:1], rec.value[1:]
         if kind == b"B":  # snapshots of one scoring batch
             try:
-                return [(True, dict(snap)) for snap in SNAPSHOT_BATCH.validate_json(body)]
+                return [(True, snap.model_dump()) for snap in SNAPSHOT_BATCH.validate_json(body)]
             except ValidationError as exc:
                 raise InvalidRecord(field_errors(exc)) from None
         if kind == b"S":

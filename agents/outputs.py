@@ -18,7 +18,7 @@ import asyncio
 import logging
 import threading
 import zlib
-from typing import Literal
+from typing import Any, Literal
 
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException, Producer
@@ -63,20 +63,19 @@ class Outputs:
              partition: int = -1) -> None:
         """Queue a record (``partition`` -1: the default partitioner's choice; ``value``
         None: a tombstone)."""
-        record = (topic, key, value, partition)
-
-        def delivered(err, _msg) -> None:  # in the thread that serves delivery reports
-            if err is not None:
-                with self._lock:
-                    self._failed.append(record)
-
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, partition=partition,
-                                       on_delivery=delivered)
+                                       on_delivery=self._delivered)
                 return
             except BufferError:  # the local queue is full: let deliveries make room
                 self._producer.poll(0.05)
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        """librdkafka's report on one record (in the thread that serves reports)."""
+        if err is not None:
+            with self._lock:
+                self._failed.append((msg.topic(), msg.key(), msg.value(), msg.partition()))
 
     async def flush(self) -> None:
         """Wait until every record sent so far is delivered; a record Kafka refused

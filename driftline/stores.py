@@ -15,16 +15,55 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import DataError
 
 from driftline.config import Settings
 
 
+class PackedConnection(aioredis.Connection):
+    """A connection whose commands hiredis packs from the arguments as given.
+
+    redis-py runs its Python encoder over every argument before hiredis packs the
+    command: half the time of a batch of feature writes (37 arguments an entity: 59
+    microseconds an entity, 31 without). hiredis encodes str, bytes, memoryview, int and
+    float exactly as that encoder does, and refuses the rest (a ``DataError``, as the
+    encoder does).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._command_packer = _HiredisPacker()
+
+
+class _HiredisPacker:
+    def pack(self, *args: Any) -> list[bytes]:
+        # "CONFIG GET" is two arguments, as redis-py splits them.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            pass
+        try:  # a bytearray, which redis-py sends and hiredis takes as bytes only
+            return [hiredis.pack_command(
+                tuple(bytes(a) if isinstance(a, bytearray) else a for a in args))]
+        except TypeError as exc:
+            raise DataError(str(exc)) from None
+
+
 def connect(settings: Settings) -> aioredis.Redis:
     """An asyncio Redis client for the configured URL (connections are made lazily)."""
+    extra: dict[str, Any] = {}
+    if settings.redis_url.startswith("redis://"):  # not TLS nor a Unix socket
+        extra["connection_class"] = PackedConnection
     return aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                   socket_connect_timeout=5, health_check_interval=30)
+                                   socket_connect_timeout=5, health_check_interval=30,
+                                   **extra)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ class Record(BaseModel):
     model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
 
     def to_json(self) -> bytes:
-        return self.model_dump_json().encode()
+        # What model_dump_json() gives, as bytes (not decoded to str and encoded back).
+        return self.__pydantic_serializer__.to_json(self)
 
 
 class Prediction(Record):
