@@ -6,8 +6,9 @@
                             <prefix>_entities  one time-decayed profile per entity
 
 It is the training log's second reader, handed the learner's batches, which a task of
-its own applies (up to twenty batches queue; then the learner waits), and keeps its own
-cursor and checkpoint: a slow or absent Milvus delays the vectors and never the model. When a backlog of ten batches cannot be written, the
+its own applies (up to twenty batches queue; beyond, it reads them from Kafka later), and
+keeps its own cursor and checkpoint: a slow or absent Milvus delays the vectors and never
+the model. When a backlog of ten batches cannot be written, the
 agent drops it and only notes the records that come (Kafka keeps them); once Milvus
 answers again its timer catches up from the checkpoint, a chunk per round.
 
@@ -101,7 +102,7 @@ class EmbeddingAgent:
         # back from Milvus for every batch, they cost a tenth of the worker's time.
         self._profiles: LRUCache = LRUCache(maxsize=PROFILE_CACHE)
         # Batches the learner handed over, applied by a task of this agent's own: a Milvus
-        # write (50-200 ms for Milvus Lite) no longer holds the learner up.
+        # write (50-200 ms for Milvus Lite) never holds the learner up.
         self._inbox: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=INBOX_BATCHES)
         self._applier: asyncio.Task | None = None
 
@@ -131,13 +132,21 @@ class EmbeddingAgent:
 
     # ---- applying examples ----------------------------------------------------------
 
-    async def on_records(self, records: Sequence[Any]) -> None:
-        """Take a batch of training records, after the learner, to apply in order; waits
-        only while :data:`INBOX_BATCHES` are queued. Never dead-letters (the learner does,
-        once per record)."""
+    def on_records(self, records: Sequence[Any]) -> None:
+        """Take a batch of training records, after the learner, to apply in order. Never
+        waits: with :data:`INBOX_BATCHES` queued already (Milvus slower than the learner),
+        the agent catches up from Kafka later, as after an outage. Never dead-letters (the
+        learner does, once per record)."""
+        if not records:
+            return
+        if self._mode == "live" and self._inbox.full():
+            self._set_mode("catching_up")
+        if self._mode != "live":
+            self._note(records[-1].message.offset)  # the timer reaches it from the checkpoint
+            return
         if self._applier is None or self._applier.done():
             self._applier = asyncio.create_task(self._apply_inbox())
-        await self._inbox.put(list(records))
+        self._inbox.put_nowait(list(records))
 
     async def _apply_inbox(self) -> None:
         while True:
@@ -186,24 +195,25 @@ class EmbeddingAgent:
         return until is not None and example.event_time <= until
 
     async def _catch_up(self) -> None:
-        """One chunk of the gap between the checkpoint and the newest record noted."""
+        """Close the gap between the checkpoint and the newest record noted, a chunk at a
+        time (each written before the next is read)."""
         async with self._lock:
             try:
                 if self.state is None and await self.store.checkpoint() is None:
                     self._set_mode("live")  # nothing to catch up from: the next record starts
                     return
                 state = await self._state(first_offset=None)
-                if state.next_offset is None or self._latest is None \
-                        or state.next_offset > self._latest:
-                    self._set_mode("live")
-                    return
-                end = min(self._latest + 1, state.next_offset + self.training_log.GAP_CHUNK)
-                for rec in await self.training_log.fetch(state, end, reader="embed"):
-                    self._apply(state, rec.value, rec.offset)
-                if not await self._flush_locked():
-                    self._suspend("could not write a caught-up chunk", self._latest)
-                elif state.next_offset > self._latest:
-                    self._set_mode("live")
+                while self._mode == "catching_up":
+                    if state.next_offset is None or self._latest is None \
+                            or state.next_offset > self._latest:
+                        self._set_mode("live")
+                        return
+                    end = min(self._latest + 1,
+                              state.next_offset + self.training_log.GAP_CHUNK)
+                    for rec in await self.training_log.fetch(state, end, reader="embed"):
+                        self._apply(state, rec.value, rec.offset)
+                    if not await self._flush_locked():
+                        self._suspend("could not write a caught-up chunk", self._latest)
             except Exception:  # noqa: BLE001 - a store is down again
                 log.warning("%s: catching up failed", self.name, exc_info=True)
                 self._suspend("a store did not answer", self._latest or 0)

@@ -159,7 +159,7 @@ class PipelineAgents:
     async def _learn(self, records) -> None:
         await self.learning.handle(records)
         if self.embedding is not None:
-            await self.embedding.on_records(records)
+            self.embedding.on_records(records)
 
     # ---- lifecycle -------------------------------------------------------------------
 
