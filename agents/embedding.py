@@ -196,27 +196,34 @@ class EmbeddingAgent:
 
     async def _catch_up(self) -> None:
         """Close the gap between the checkpoint and the newest record noted, a chunk at a
-        time (each written before the next is read)."""
+        time (each written before the next is read; the lock is let go between chunks, so
+        that a rebalance's :meth:`forget` never waits for more than one)."""
+        while self._mode == "catching_up" and await self._catch_up_chunk():
+            pass
+
+    async def _catch_up_chunk(self) -> bool:
+        """One chunk of the gap; whether there may be more."""
         async with self._lock:
             try:
                 if self.state is None and await self.store.checkpoint() is None:
                     self._set_mode("live")  # nothing to catch up from: the next record starts
-                    return
+                    return False
                 state = await self._state(first_offset=None)
-                while self._mode == "catching_up":
-                    if state.next_offset is None or self._latest is None \
-                            or state.next_offset > self._latest:
-                        self._set_mode("live")
-                        return
-                    end = min(self._latest + 1,
-                              state.next_offset + self.training_log.GAP_CHUNK)
-                    for rec in await self.training_log.fetch(state, end, reader="embed"):
-                        self._apply(state, rec.value, rec.offset)
-                    if not await self._flush_locked():
-                        self._suspend("could not write a caught-up chunk", self._latest)
+                if state.next_offset is None or self._latest is None \
+                        or state.next_offset > self._latest:
+                    self._set_mode("live")
+                    return False
+                end = min(self._latest + 1, state.next_offset + self.training_log.GAP_CHUNK)
+                for rec in await self.training_log.fetch(state, end, reader="embed"):
+                    self._apply(state, rec.value, rec.offset)
+                if not await self._flush_locked():
+                    self._suspend("could not write a caught-up chunk", self._latest)
+                    return False
+                return True
             except Exception:  # noqa: BLE001 - a store is down again
                 log.warning("%s: catching up failed", self.name, exc_info=True)
                 self._suspend("a store did not answer", self._latest or 0)
+                return False
 
     def _apply(self, state: EmbeddingCheckpoint, value: bytes, offset: int) -> None:
         state.next_offset = offset + 1

@@ -100,7 +100,8 @@ class CachedTable:
         self._dirty.clear()
 
     def clear(self) -> None:
-        """Forget every cached value (partitions moved). Unflushed writes are dropped:
-        their records were not acknowledged, and are handled again by their owner."""
+        """Forget every value read (partitions moved: another worker may write them).
+        Writes not yet flushed stay: the batch that made them, in flight during the
+        rebalance, flushes them before it is acknowledged, as it wrote them to Faust's
+        table before (dropping them lost joins when a second worker joined the group)."""
         self._cache.clear()
-        self._dirty.clear()
