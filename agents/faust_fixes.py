@@ -1,7 +1,7 @@
 """Workarounds for faust-streaming (0.15.3) defects that break at-least-once; each names
 the test that caught it. Remove them when Faust is fixed and the test still passes.
 
-Also two for speed, :func:`deliver_directly` and :class:`RawSchema`.
+Also one for speed, :func:`deliver_directly`.
 
 **Commits ahead of table changelogs.** A table write goes to the changelog through
 Faust's ``ProducerBuffer`` (``send_soon``). Before committing offsets, Faust flushes that
@@ -83,28 +83,6 @@ def deliver_directly(app: faust.App) -> None:
         return await original(*coros, timeout=timeout)
 
     consumer.wait_first = wait_first
-
-
-class RawSchema(faust.Schema):
-    """Keys and values as Kafka holds them (bytes), handed to the agents undecoded.
-
-    Faust decodes each record's key and value through its codec registry even for the
-    ``raw`` codec (several calls and a ``want_bytes`` each): a twentieth of a worker's
-    time under a backlog. The agents parse the bytes themselves.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw")
-
-    def compile(self, app: Any, *, default_propagate: bool = False,
-                **_on_errors: Any) -> Callable[..., Awaitable[Any]]:
-        create_event = app.create_event
-
-        async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
-            return create_event(message.key, message.value, message.headers, message)
-
-        return decode
 
 
 def every(app: faust.App, seconds: float) -> Callable[[Callable], Callable]:

@@ -27,7 +27,7 @@ from faust.types import TP
 
 from agents.consume import BatchReader, DeadLetters
 from agents.embedding import EmbeddingAgent
-from agents.faust_fixes import GapFiller, RawSchema, every
+from agents.faust_fixes import GapFiller, every
 from agents.join import LabelJoin
 from agents.learning import Learning
 from agents.outputs import Outputs
@@ -65,7 +65,8 @@ PENDING_CACHE = 100_000
 
 
 def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
-    return app.topic(*names, schema=RawSchema())
+    return app.topic(*names, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw")
 
 
 class PipelineAgents:
