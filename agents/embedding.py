@@ -8,9 +8,9 @@
 It is the training log's second reader, handed the learner's batches, which a task of
 its own applies (up to twenty batches queue; beyond, it reads them from Kafka later), and
 keeps its own cursor and checkpoint: a slow or absent Milvus delays the vectors and never
-the model. When a backlog of ten batches cannot be written, the
-agent drops it and only notes the records that come (Kafka keeps them); once Milvus
-answers again its timer catches up from the checkpoint, a chunk per round.
+the model. When a backlog of ten batches cannot be written, the agent drops it and only
+notes the records that come (Kafka keeps them); once Milvus answers again its timer
+catches up from the checkpoint, chunk by chunk.
 
 Exactly once, as the learner: the checkpoint in Redis holds the offset of the next example
 to apply and is written only after the vectors before it are in Milvus. Event rows are

@@ -102,9 +102,8 @@ class PipelineAgents:
                                   FeatureStore(self.redis, self.keys),
                                   self.embedding_store, self.live, space, outputs,
                                   self.deadletters, settings.partitions)
-        self.join = LabelJoin(spec, topics, CachedTable(pending, PENDING_CACHE, outputs),
-                              outputs,
-                              self.deadletters,
+        pending_entries = CachedTable(pending, PENDING_CACHE, outputs)
+        self.join = LabelJoin(spec, topics, pending_entries, outputs, self.deadletters,
                               self.scorer.join_partition, settings.label_delay_bound_seconds)
         training_log = TrainingLog(settings, spec.name, topics.training, self.deadletters)
         self.learning = Learning(settings, spec, topics, self.redis, self.snapshots,
