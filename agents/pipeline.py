@@ -104,7 +104,8 @@ class PipelineAgents:
                                   self.deadletters, settings.partitions)
         pending_entries = CachedTable(pending, PENDING_CACHE, outputs)
         self.join = LabelJoin(spec, topics, pending_entries, outputs, self.deadletters,
-                              self.scorer.join_partition, settings.label_delay_bound_seconds)
+                              self.scorer.join_partition, settings.label_delay_bound_seconds,
+                              settings.partitions)
         training_log = TrainingLog(settings, spec.name, topics.training, self.deadletters)
         self.learning = Learning(settings, spec, topics, self.redis, self.snapshots,
                                  training_log, outputs, self.deadletters)

@@ -144,7 +144,7 @@ class EventScorer:
         snap = self.live.current
         model_version = snap.version if snap else "none"
         now = time.time()
-        to_join: dict[int, list[bytes]] = {}
+        to_join: dict[tuple[int, int], list[bytes]] = {}  # (join, events partition) -> ...
         for s in scored:
             score = predict(snap.model, self.spec.task, s.features) if snap else 0.0
             self.outputs.send(self.topics.predictions, s.entity.encode(),
@@ -152,14 +152,16 @@ class EventScorer:
                                   event_id=s.event_id, entity=s.entity,
                                   event_time=s.event_time, score=score,
                                   model_version=model_version, scored_at=now).to_json())
-            to_join.setdefault(self.join_partition(s.event_id), []).append(
+            source = s.record.message.partition
+            to_join.setdefault((self.join_partition(s.event_id), source), []).append(
                 Snapshot.model_construct(
                     event_id=s.event_id, entity=s.entity, event_time=s.event_time,
                     features=s.features, score=score, model_version=model_version).to_json())
             # Kafka's create time is when the producer sent it: freshness is measured from it.
             self._freshness.observe(max(0.0, now - s.record.message.timestamp))
-        for partition, snapshots in to_join.items():
-            self.outputs.send(self.topics.join, None, b"B[" + b",".join(snapshots) + b"]",
-                              partition=partition)
+        for (partition, source), snapshots in to_join.items():
+            # Keyed by the events' partition: the join's event time is per source.
+            self.outputs.send(self.topics.join, str(source).encode(),
+                              b"B[" + b",".join(snapshots) + b"]", partition=partition)
         self._ok.inc(len(scored))
         self._predictions.inc(len(scored))

@@ -151,6 +151,16 @@ def redis_features(settings: Settings, pipeline: str, entities) -> dict[str, dic
     return out
 
 
+def learner_state(settings: Settings, pipeline: str = "fraud") -> dict[str, str]:
+    """The learner's status in Redis (written by whichever worker leads)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        raw = client.hgetall(RedisKeys(settings.redis_prefix, pipeline).learner)
+    finally:
+        client.close()
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
 def call(url: str, payload: dict | bytes | None = None, method: str | None = None,
          token: str | None = TOKENS["admin"], context=None) -> tuple[int, dict]:
     """An HTTP request with a JSON (or raw) body, as the admin unless ``token`` says

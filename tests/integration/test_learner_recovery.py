@@ -22,7 +22,7 @@ from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
 from streams.topics import PipelineTopics
-from tests.integration.conftest import free_port, milvus_rows, send, wait_for
+from tests.integration.conftest import free_port, learner_state, milvus_rows, send, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,15 +36,6 @@ def own_settings(settings):
                            vector_batch=1000, vector_flush_seconds=5.0) as s:
         ensure_pipeline_topics(s, "fraud")
         yield s
-
-
-def learner_state(s) -> dict[str, str]:
-    client = redis.Redis.from_url(s.redis_url)
-    try:
-        raw = client.hgetall(RedisKeys(s.redis_prefix, "fraud").learner)
-    finally:
-        client.close()
-    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def served_model(s):
