@@ -1,9 +1,12 @@
 """The Faust application of the stream worker (``driftline worker``).
 
-Topics are created beforehand with the admin client (:mod:`driftline.kafka_admin`) so
-their partition counts are ours, not Faust's defaults; Faust creates only its own
-changelog topics. Values travel as raw JSON bytes that our schemas validate, so a
-malformed record becomes a dead letter with a reason instead of a codec crash.
+Topics are created beforehand with the admin client (:mod:`driftline.kafka_admin`),
+partitioned as the pipeline's input topics are, whoever created those; Faust creates only
+its own changelog topics, and the tables are given the same counts. A worker whose own
+topics were left partitioned otherwise refuses to start, saying what to do, rather than
+join or keep state where another worker reads. Values travel as raw JSON bytes that our
+schemas validate, so a malformed record becomes a dead letter with a reason instead of a
+codec crash.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from agents.faust_fixes import deliver_directly, flush_waits_for_delivery
 from agents.outputs import Outputs
 from agents.pipeline import PipelineAgents
 from driftline.config import Settings
+from driftline.kafka_admin import PipelinePartitions, partition_counts, refuse_other_partitioning
 from monitoring.metrics import exposition
 from streams.pipelines import PIPELINES
+from streams.topics import PipelineTopics
 
 
 def _dump_tasks() -> None:
@@ -53,10 +58,17 @@ def create_app(settings: Settings, pipelines: list[str] | None = None) -> faust.
     flush_waits_for_delivery(app)
     deliver_directly(app)
     outputs = Outputs(settings)
-    app.driftline_pipelines = [
-        PipelineAgents(app, settings, PIPELINES[name], outputs)
-        for name in (pipelines or list(PIPELINES))
-    ]
+    existing = partition_counts(settings)
+    app.driftline_pipelines = []
+    for name in pipelines or list(PIPELINES):
+        spec = PIPELINES[name]
+        partitions = PipelinePartitions.follow(
+            existing, PipelineTopics.for_spec(spec, settings.namespace), settings.partitions)
+        app.driftline_pipelines.append(
+            PipelineAgents(app, settings, spec, outputs, partitions))
+    refuse_other_partitioning(settings, existing, {
+        name: needed for agents in app.driftline_pipelines
+        for name, needed in agents.co_partitioned.items()})
 
     @app.on_before_shutdown.connect
     async def close_outputs(app, **_) -> None:

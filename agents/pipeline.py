@@ -36,6 +36,7 @@ from agents.scoring import EventScorer
 from agents.tables import CachedTable
 from agents.training_log import TrainingLog, TrainingTail
 from driftline.config import Settings
+from driftline.kafka_admin import PipelinePartitions
 from driftline.stores import (
     EmbeddingStore,
     FeatureStore,
@@ -70,10 +71,11 @@ def _raw_topic(app: faust.App, *names: str) -> faust.TopicT:
 
 
 class PipelineAgents:
-    """Registers the agents, tables and timers of ``spec`` on ``app``."""
+    """Registers the agents, tables and timers of ``spec`` on ``app``, with its keyed
+    topics partitioned as ``partitions`` says (as its input topics are)."""
 
     def __init__(self, app: faust.App, settings: Settings, spec: PipelineSpec,
-                 outputs: Outputs) -> None:
+                 outputs: Outputs, partitions: PipelinePartitions) -> None:
         self.app = app
         self.settings = settings
         self.spec = spec
@@ -88,11 +90,21 @@ class PipelineAgents:
         self.embedding_store = EmbeddingStore(self.redis, self.keys)
         self.live = LiveModel(self.snapshots)
 
-        table_opts: dict[str, Any] = dict(partitions=settings.partitions, key_type=str)
-        # Per-entity window state; its changelog restores it after a restart.
-        entity_state = app.Table(f"{self.name}-entity-state", default=None, **table_opts)
-        # Snapshots waiting for their label (or labels for their snapshot), by event id.
-        pending = app.Table(f"{self.name}-pending-join", default=None, **table_opts)
+        # Per-entity window state, written by events; its changelog restores it after a
+        # restart.
+        entity_state = app.Table(f"{self.name}-entity-state", default=None, key_type=str,
+                                 partitions=partitions.events)
+        # Snapshots waiting for their label (or labels for their snapshot), by event id,
+        # written by labels and join records.
+        pending = app.Table(f"{self.name}-pending-join", default=None, key_type=str,
+                            partitions=partitions.labels)
+        # The worker's own topics, each with the count and the input it must be
+        # co-partitioned with: a table's partition is that of the record writing it.
+        self.co_partitioned = {
+            topics.join: (partitions.labels, topics.labels),
+            entity_state.changelog_topic_name: (partitions.events, topics.events),
+            pending.changelog_topic_name: (partitions.labels, topics.labels),
+        }
 
         space = None
         if spec.embeddings is not None and spec.embeddings.neighbour_feature is not None:
@@ -101,11 +113,11 @@ class PipelineAgents:
         self.scorer = EventScorer(spec, topics, entity_states,
                                   FeatureStore(self.redis, self.keys),
                                   self.embedding_store, self.live, space, outputs,
-                                  self.deadletters, settings.partitions)
+                                  self.deadletters, partitions.labels)
         pending_entries = CachedTable(pending, PENDING_CACHE, outputs)
         self.join = LabelJoin(spec, topics, pending_entries, outputs, self.deadletters,
-                              self.scorer.join_partition, settings.label_delay_bound_seconds,
-                              settings.partitions)
+                              self.scorer.join_partition, spec.label_delay_bound,
+                              partitions.events)
         training_log = TrainingLog(settings, spec.name, topics.training, self.deadletters)
         self.learning = Learning(settings, spec, topics, self.redis, self.snapshots,
                                  training_log, outputs, self.deadletters)

@@ -44,8 +44,10 @@ class Settings:
     # Prefix of every topic, Redis key and consumer group, so that several deployments (or
     # test runs) can share one broker and one Redis; empty means none (DRIFTLINE_NAMESPACE).
     namespace: str = ""
-    # Partitions of the keyed topics (events, labels, predictions, the join); the training
-    # topic always has one, because one learner must see every label (DRIFTLINE_PARTITIONS).
+    # Partitions of the keyed topics (events, labels, predictions, the join) of a pipeline
+    # whose events and labels topics do not exist yet: existing ones keep their counts and
+    # the rest follow them (driftline.kafka_admin.PipelinePartitions). The training topic
+    # always has one, because one learner must see every label (DRIFTLINE_PARTITIONS).
     partitions: int = 4
     # The stream worker's HTTP address, which serves its /metrics (DRIFTLINE_WORKER_HOST,
     # DRIFTLINE_WORKER_PORT).
@@ -73,9 +75,6 @@ class Settings:
     # DRIFTLINE_WORKER_BATCH_SECONDS): one Redis round trip and one flush per batch.
     worker_batch: int = 500
     worker_batch_seconds: float = 0.05
-    # A snapshot waits this long (event time) for its label before it is dropped
-    # (DRIFTLINE_LABEL_DELAY_BOUND_SECONDS).
-    label_delay_bound_seconds: float = 3600.0
     # Window of the rolling prequential metrics, in labels (DRIFTLINE_METRIC_WINDOW).
     metric_window: int = 2000
     # The model registry: an MLflow tracking URI, by default a SQLite file in the data dir
@@ -227,5 +226,4 @@ ENV_NAMES = {
     "kafka_controller_port": "DRIFTLINE_CONTROLLER_PORT",
     "worker_port": "DRIFTLINE_WORKER_PORT",
     "model_refresh_seconds": "DRIFTLINE_MODEL_REFRESH_SECONDS",
-    "label_delay_bound_seconds": "DRIFTLINE_LABEL_DELAY_BOUND_SECONDS",
 }
