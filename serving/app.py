@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -37,6 +38,7 @@ from monitoring import metrics as m
 from online_models import lifecycle
 from serving import dashboard, similar
 from serving.auth import Tokens, allows, parse_tokens
+from serving.bodies import read_body
 from serving.errors import error
 from serving.scoring import UNAVAILABLE, Caches, PipelineScorer, Score, Unavailable
 from serving.similar import SPACES
@@ -53,6 +55,8 @@ REGISTRY = web.AppKey("registry", object)
 TOKENS = web.AppKey("tokens", Tokens)
 OPEN_PATHS = web.AppKey("open_paths", frozenset)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+# NaN and Infinity are not JSON: a non-finite number left in a score is a 500, never sent.
+FINITE_JSON = functools.partial(json.dumps, allow_nan=False)
 
 
 def requires(role: str):
@@ -76,7 +80,7 @@ async def observe_and_shape_errors(request: web.Request, handler):
     except web.HTTPRequestEntityTooLarge:
         response = error(413, "request body too large",
                          {"$": f"at most {request.app[SETTINGS].api_max_body_bytes} bytes"})
-    except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. a broken gzip body
+    except (web.RequestPayloadError, HttpProcessingError) as exc:  # e.g. broken chunking
         response = error(400, "unreadable request body", {"$": str(exc) or type(exc).__name__})
     except web.HTTPException as exc:
         response = error(exc.status, exc.reason, getattr(exc, "fields", None))
@@ -133,14 +137,14 @@ async def score_event(request: web.Request) -> web.Response:
     name = _pipeline_or_404(request)
     explain = _explain(request)
     try:
-        event = parse(PIPELINES[name].event_type, await request.read())
+        event = parse(PIPELINES[name].event_type, await read_body(request))
     except InvalidRecord as exc:
         return error(422, "invalid event", exc.errors)
     try:
         score = await request.app[SCORERS][name].score(event, explain)
     except Unavailable as exc:
         return error(503, str(exc))
-    return web.json_response(_score_body(name, score))
+    return web.json_response(_score_body(name, score), dumps=FINITE_JSON)
 
 
 @requires("scorer")
@@ -153,7 +157,7 @@ async def score_batch(request: web.Request) -> web.Response:
     explain = _explain(request)
     limit = request.app[SETTINGS].api_batch_max
     try:
-        body = decode_json(await request.read())
+        body = decode_json(await read_body(request))
     except InvalidRecord as exc:
         return error(422, "invalid batch", exc.errors)
     items = body.get("events") if isinstance(body, dict) else None
@@ -179,7 +183,8 @@ async def score_batch(request: web.Request) -> web.Response:
         return error(503, str(exc))
     return web.json_response({"pipeline": name,
                               "degraded": any(s.degraded for s in scores),
-                              "results": [_score_body(name, s) for s in scores]})
+                              "results": [_score_body(name, s) for s in scores]},
+                             dumps=FINITE_JSON)
 
 
 def _explain(request: web.Request) -> bool:
@@ -282,7 +287,7 @@ async def model_status(request: web.Request) -> web.Response:
 
 async def _json_object(request: web.Request) -> dict:
     try:
-        payload = decode_json(await request.read())
+        payload = decode_json(await read_body(request))
     except InvalidRecord as exc:
         raise _unprocessable(exc.errors) from None
     if not isinstance(payload, dict):
@@ -455,8 +460,10 @@ def create_app(settings: Settings) -> web.Application:
     if not tokens.enabled:
         log.warning("authentication is off: DRIFTLINE_API_TOKENS is empty, so anyone who "
                     "reaches the API may score and act as admin")
+    # Bodies are inflated by serving.bodies, within the limit, and only when read.
     app = web.Application(middlewares=[observe_and_shape_errors, authenticate],
-                          client_max_size=settings.api_max_body_bytes)
+                          client_max_size=settings.api_max_body_bytes,
+                          handler_args={"auto_decompress": False})
     app[SETTINGS] = settings
     app[TOKENS] = tokens
     app[OPEN_PATHS] = frozenset(p.strip() for p in settings.api_open_paths.split(",")

@@ -12,10 +12,11 @@ knows nothing of HTTP. For each event it
 3. scores with the model held in memory and explains the score
    (:mod:`online_models.explain`), both through the inference cache.
 
-When the state is not there in time (Redis down or slow) or no model is loaded yet, the
-pipeline's fallback model answers from the event alone, and the score says ``degraded``
-with the reason (``driftline_api_degraded_total``). A pipeline without a fallback raises
-:class:`Unavailable` (a 503).
+When the state is not there in time (Redis down or slow), no model is loaded yet, or the
+model's score is not finite (NaN or an infinity: a poisoned model), the pipeline's
+fallback model answers from the event alone (its prior, if that model is poisoned too),
+and the score says ``degraded`` with the reason (``driftline_api_degraded_total``). A
+pipeline without a fallback raises :class:`Unavailable` (a 503).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -67,8 +69,12 @@ BREAKER_SECONDS = 1.0
 
 
 class Unavailable(Exception):
-    """No answer can be given: the features or the model are missing and the pipeline
-    declares no fallback."""
+    """No answer can be given: the features or the model are missing (or the model's score
+    is not finite) and the pipeline declares no fallback."""
+
+
+class NotFinite(ArithmeticError):
+    """A model's score, or a contribution to it, is NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -245,7 +251,12 @@ class PipelineScorer:
         variant, served = "champion", champion
         if challenger is not None and split.serves_challenger(entity):
             variant, served = "challenger", challenger
-        value, explanation = self._infer(variant, served, features, explain)
+        try:
+            value, explanation = self._infer(variant, served, features, explain)
+        except NotFinite:
+            self._warn(f"the {variant} model {served.version} scores a non-finite number; "
+                       f"the fallback answers")
+            return self._fallback(event, "score_not_finite", explain)
         m.API_SCORES.labels(self.name, variant, "ok").inc()
         m.API_SCORE_VALUE.labels(self.name, variant).observe(value)
         if challenger is not None and split.mode == "shadow":
@@ -255,7 +266,11 @@ class PipelineScorer:
 
     def _shadow(self, event: Record, entity: str, features: dict[str, float],
                 served: float, served_version: str, challenger: Any) -> None:
-        value, _ = self._infer("shadow", challenger, features, explain=False)
+        try:
+            value, _ = self._infer("shadow", challenger, features, explain=False)
+        except NotFinite:  # nothing to compare, and nobody is answered by it
+            self._warn(f"the shadow model {challenger.version} scores a non-finite number")
+            return
         m.API_SCORES.labels(self.name, "shadow", "ok").inc()
         m.API_SCORE_VALUE.labels(self.name, "shadow").observe(value)
         m.SHADOW_DIFFERENCE.labels(self.name).observe(abs(value - served))
@@ -274,19 +289,25 @@ class PipelineScorer:
     def _infer_with(self, variant: str, model: Any, snapshot_id: str,
                     features: dict[str, float], explain: bool
                     ) -> tuple[float, tuple[Contribution, ...]]:
+        """The score and its explanation; :class:`NotFinite` if either has NaN or an
+        infinity (cached all the same: the same snapshot scores the same)."""
         # The snapshot's unique id, not its version: a rollback may publish another model
         # under a version string served before.
         key = (self.name, variant, snapshot_id, tuple(features.items()), explain)
         hit = self.caches.inference.get(key)
-        if hit is not None:
-            return hit
-        value = predict(model, self.spec.task, features)
-        # Tuples of strings and floats only: the garbage collector stops tracking the cached
-        # entries, so a full collection does not walk the whole cache.
-        explanation = tuple(contributions(model, self.spec.task, features, self.explain_top,
-                                          score=value)) if explain else ()
-        self.caches.inference.put(key, (value, explanation))
-        return value, explanation
+        if hit is None:
+            value = predict(model, self.spec.task, features)
+            # Tuples of strings and floats only: the garbage collector stops tracking the
+            # cached entries, so a full collection does not walk the whole cache.
+            explanation = tuple(contributions(model, self.spec.task, features,
+                                              self.explain_top, score=value)) if explain else ()
+            hit = (value, explanation)
+            self.caches.inference.put(key, hit)
+        value, explanation = hit
+        if not (math.isfinite(value) and all(math.isfinite(c.contribution)
+                                             for c in explanation)):
+            raise NotFinite(f"{variant} model {snapshot_id}: {value}")
+        return hit
 
     def _fallback(self, event: Record, reason: str, explain: bool = True) -> Score:
         policy = self.spec.fallback
@@ -297,13 +318,15 @@ class PipelineScorer:
         every = self.engine.features_for(None, event)  # what the event gives on its own
         features = {k: every[k] for k in policy.features}
         entity = self.spec.entity_of(event)
-        model = self.fallback_model
-        if model is None:
-            value, version, explanation = policy.prior, "prior", ()
-        else:
-            version = self.fallback_version
-            value, explanation = self._infer_with("fallback", model, self.fallback_id, features,
-                                                  explain)
+        value, version, explanation = policy.prior, "prior", ()
+        if self.fallback_model is not None:
+            try:
+                value, explanation = self._infer_with("fallback", self.fallback_model,
+                                                      self.fallback_id, features, explain)
+                version = self.fallback_version
+            except NotFinite:
+                self._warn(f"the fallback model {self.fallback_version} scores a non-finite "
+                           f"number; the prior answers")
         m.API_SCORES.labels(self.name, "fallback", "degraded").inc()
         return Score(self.spec.event_id_of(event), entity, value, version, "fallback",
                      features, explanation, None, degraded=True, degraded_reason=reason)

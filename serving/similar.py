@@ -26,6 +26,7 @@ from driftline.stores import EmbeddingStore, FeatureStore, RedisKeys
 from driftline.vectors import STORE_ERRORS, EmbeddingSpace
 from monitoring import metrics as m
 from monitoring.logs import entity_ref
+from serving.bodies import read_body
 from serving.errors import error
 from streams.declarations import PipelineSpec
 from streams.schemas import InvalidRecord, Record, parse
@@ -64,7 +65,7 @@ async def similar(request: web.Request, pipeline: PipelineSpec, engine: Any, red
                   keys: RedisKeys) -> web.Response:
     space = _space_or_404(request, pipeline)
     try:
-        query = parse(SimilarQuery, await request.read())
+        query = parse(SimilarQuery, await read_body(request))
     except InvalidRecord as exc:
         return error(422, "invalid query", exc.errors)
     try:

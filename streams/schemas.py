@@ -15,6 +15,7 @@ streams.schemas.InvalidRecord: at: Input should be a valid number
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -128,12 +129,17 @@ def parse(model: type[R], raw: bytes | str | dict[str, Any]) -> R:
 
 def decode_json(raw: bytes | str) -> Any:
     """``raw`` decoded; :class:`InvalidRecord` when it is not JSON (or nests too deep for
-    the decoder, which would otherwise raise RecursionError).
+    the decoder, which would otherwise raise RecursionError, or holds an integer too long
+    for Python to convert, a ValueError).
 
     >>> decode_json(b"[" * 100_000)
     Traceback (most recent call last):
     ...
     streams.schemas.InvalidRecord: $: not valid JSON (nested too deep)
+    >>> decode_json(b"1" * 5000)
+    Traceback (most recent call last):
+    ...
+    streams.schemas.InvalidRecord: $: not valid JSON (an integer of more than 4300 digits)
     """
     try:
         return json.loads(raw)
@@ -141,6 +147,9 @@ def decode_json(raw: bytes | str) -> Any:
         raise InvalidRecord({"$": f"not valid JSON ({exc})"}) from None
     except RecursionError:
         raise InvalidRecord({"$": "not valid JSON (nested too deep)"}) from None
+    except ValueError:  # the only other one: int() past sys.get_int_max_str_digits()
+        raise InvalidRecord({"$": f"not valid JSON (an integer of more than "
+                                  f"{sys.get_int_max_str_digits()} digits)"}) from None
 
 
 def field_errors(exc: ValidationError) -> dict[str, str]:
