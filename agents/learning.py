@@ -16,6 +16,7 @@ cadence, and a crash costs re-learning from the log what came after it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import pickle
@@ -70,6 +71,12 @@ class Learning:
         self._oldest_unpublished: float | None = None
         # Called with each snapshot published (a copy), e.g. by this worker's scorer.
         self.on_published: Callable[[ModelSnapshot], None] | None = None
+        # The features of the last examples learned: a model that scores one of them
+        # non-finite is neither published nor checkpointed.
+        self._recent_rows: collections.deque[dict] = collections.deque(maxlen=8)
+        # After a rollback, examples up to this offset are learned one careful step at a
+        # time, so that the one that poisoned the model is found and refused.
+        self._careful_until = -1
         self._learned = metrics.LABELS_LEARNED.labels(pipeline=spec.name)
         self._duplicates = metrics.LABEL_DUPLICATES.labels(pipeline=spec.name)
 
@@ -100,7 +107,9 @@ class Learning:
         # The offset moves on even for an invalid example: it is dead-lettered, not retried.
         learner.next_offset = offset + 1
         example = self.training_log.example(value, offset)
-        if learner.learn(example, update_model=offset > learner.learned_through):
+        if learner.learn(example, update_model=offset > learner.learned_through,
+                         careful=offset <= self._careful_until):
+            self._recent_rows.append(example.features)
             self._learned.inc()
         else:
             self._duplicates.inc()
@@ -163,7 +172,10 @@ class Learning:
                 await self._write_status(force=True)
 
     async def publish(self) -> None:
-        """Publish the model (and its fallback) to the scorers. Callers hold the lock."""
+        """Publish the model (and its fallback) to the scorers, if it is healthy. Callers
+        hold the lock."""
+        if not await self._healthy(self.learner):
+            return
         learner = self.learner
         await self.snapshots.publish(learner.model, learner.version, fallback=learner.fallback,
                                      fallback_examples=learner.fallback_examples,
@@ -224,6 +236,40 @@ class Learning:
 
     async def checkpoint(self) -> None:
         """Write the learner's checkpoint. Callers hold the lock."""
+        if self.learner is None or not await self._healthy(self.learner):
+            return
         learner = self.learner
         await self.snapshots.save_checkpoint(learner, learner.version)
         self._checkpointed_updates = learner.updates
+
+    # ---- health ----------------------------------------------------------------------
+
+    async def _healthy(self, learner: OnlineLearner) -> bool:
+        """Whether ``learner``'s model scores the last examples finite. If not (an input
+        the guards upstream let through poisoned it), it is dropped for the last
+        checkpoint (healthy when written), which learns again what came after it, one
+        careful step at a time, refusing the example that poisons it; the scorers keep
+        the last healthy model meanwhile. Whether the learner is healthy now."""
+        if learner.healthy(self._recent_rows):
+            return True
+        metrics.MODEL_UNHEALTHY.labels(pipeline=self.name).inc()
+        log.error("%s: the model at %s scores non-finite; not published, back to the "
+                  "checkpoint", self.name, learner.version)
+        self.send_control(ControlEvent(
+            kind="model_unhealthy", pipeline=self.name, at=time.time(),
+            model_version=learner.version, offset=learner.next_offset - 1,
+            reason="non-finite scores"))
+        end = learner.next_offset
+        self._careful_until = max(self._careful_until, end - 1)
+        self._recent_rows.clear()
+        self.forget()
+        learner = await self.restore()
+        if learner.next_offset is None:
+            learner.next_offset = 0  # no checkpoint yet: the log from its start
+        await retried(lambda: self.training_log.apply_until(
+            learner, end, lambda value, offset: self._apply(learner, value, offset),
+            reader="learn"), UnreadTraining, f"{self.name}: learning again after a rollback")
+        if learner.healthy(self._recent_rows):
+            return True
+        self.forget()  # not expected: the careful steps keep it finite
+        return False

@@ -27,7 +27,13 @@ from monitoring import metrics
 from monitoring.logs import entity_ref
 from online_models.spec import predict
 from streams.declarations import PipelineSpec
-from streams.engine import DuplicateEvent, FeatureEngine, LateEvent
+from streams.engine import (
+    DuplicateEvent,
+    FeatureEngine,
+    FutureEvent,
+    LateEvent,
+    UnsafeFeatures,
+)
 from streams.schemas import InvalidRecord, Prediction, Snapshot, parse
 from streams.topics import PipelineTopics
 
@@ -90,6 +96,7 @@ class EventScorer:
         entities = list({entity for _, _, entity in parsed})
         erased_until = await retried(lambda: self.erasures.forgotten_among(entities),
                                      Exception, f"{spec.name}: reading the erasure register")
+        now = time.time()  # how far ahead of it an event's time may be
         states: dict[str, Any] = {}     # each entity's state as the batch moves it on
         newest: dict[str, tuple] = {}   # entity -> (record, features, event time) to write
         scored: list[_Scored] = []
@@ -103,7 +110,7 @@ class EventScorer:
             if erased or (prior and until is not None and prior["newest"] <= until):
                 prior = None  # the history before the erasure is not used, nor rebuilt
             try:
-                state, features = self.engine.observe(prior, event)
+                state, features = self.engine.observe(prior, event, now)
             except DuplicateEvent:
                 # Redelivered after a crash: its effects were applied (and sent) already.
                 self._duplicates.inc()
@@ -113,6 +120,18 @@ class EventScorer:
                 self.deadletters.send(rec, InvalidRecord({exc.field: f"late: {exc}"}), "event",
                                       event_id=spec.event_id_of(event),
                                       entity=entity_ref(entity))
+                continue
+            except FutureEvent as exc:
+                self.deadletters.send(rec, InvalidRecord({exc.field: f"future: {exc}"}),
+                                      "event", "future", event_id=spec.event_id_of(event),
+                                      entity=entity_ref(entity))
+                continue
+            except UnsafeFeatures as exc:
+                # Neither scored nor remembered: the entity's state stays as it was.
+                self.deadletters.send(
+                    rec, InvalidRecord({f"features.{k}": v for k, v in exc.errors.items()}),
+                    "event", "unsafe", event_id=spec.event_id_of(event),
+                    entity=entity_ref(entity))
                 continue
             if not erased:  # an event from before the erasure is scored, not remembered
                 states[entity] = state

@@ -79,14 +79,20 @@ class TrainingLog:
             metrics.LABELS_REPLAYED.labels(pipeline=self.pipeline, reader=reader,
                                            action="skipped").inc()
             return
-        while offset > cursor.next_offset:
-            end = min(offset, cursor.next_offset + self.GAP_CHUNK)
-            for rec in await self.fetch(cursor, end, reader):
+        await self.apply_until(cursor, offset, apply, reader)
+        apply(record.value, offset)
+
+    async def apply_until(self, cursor: Cursor, end: int,
+                          apply: Callable[[bytes, int], None], reader: str) -> None:
+        """Apply the records from ``cursor.next_offset`` up to ``end`` (exclusive), read
+        from the log; an invalid one is dead-lettered. Raises :class:`UnreadTraining`."""
+        while end > cursor.next_offset:
+            chunk_end = min(end, cursor.next_offset + self.GAP_CHUNK)
+            for rec in await self.fetch(cursor, chunk_end, reader):
                 try:
                     apply(rec.value, rec.offset)
                 except InvalidRecord as exc:
                     self.deadletters.send(rec, exc, "training")
-        apply(record.value, offset)
 
     async def fetch(self, cursor: Cursor, end: int, reader: str) -> list:
         """The training records from ``cursor.next_offset`` up to ``end`` (exclusive).

@@ -108,6 +108,9 @@ MODEL_PROMOTIONS = Counter("driftline_model_promotions_total",
                            ["pipeline", "reason"])
 SNAPSHOTS = Counter("driftline_model_snapshots_total", "Model snapshots published",
                     ["pipeline"])
+MODEL_UNHEALTHY = Counter("driftline_model_unhealthy_total",
+                          "Models found scoring non-finite before publication (not published; "
+                          "the learner rolled back to its checkpoint)", ["pipeline"])
 
 # ---- retrainer ----------------------------------------------------------------------
 RETRAINS = Counter("driftline_retrains_total",

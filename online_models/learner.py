@@ -23,15 +23,18 @@ afterwards, so the metrics and the error stream measure the model as it was serv
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from monitoring.drift import ConceptDriftMonitor, DriftDetection, FeatureDriftMonitor
 from online_models import evaluation
-from online_models.spec import build_model
+from online_models.health import non_finite
+from online_models.spec import build_model, predict
 from streams.declarations import PipelineSpec
-from streams.schemas import TrainingExample
+from streams.schemas import InvalidRecord, TrainingExample
 
 
 def revision_of(model_version: str) -> str:
@@ -93,34 +96,75 @@ class OnlineLearner:
         """``v<revision>.<updates>``: the registry revision and the labels learned."""
         return f"v{self.revision}.{self.updates}"
 
-    def learn(self, example: TrainingExample, *, update_model: bool = True) -> bool:
+    def learn(self, example: TrainingExample, *, update_model: bool = True,
+              careful: bool = False) -> bool:
         """Learn from ``example`` unless it was learned already; return whether it was.
         With ``update_model=False`` it counts and is evaluated, but the model, which
-        learned it elsewhere, is left alone."""
+        learned it elsewhere, is left alone. An example with a feature that is not finite
+        raises :class:`InvalidRecord`, as does, when ``careful``, one whose learning step
+        would make the model's score of it non-finite (the step is undone): nothing of
+        either is counted or learned."""
         if example.event_id in self._seen:
             self.duplicates += 1
             return False
+        bad = {f"features.{k}": "not a finite number" for k, v in example.features.items()
+               if not math.isfinite(v)}
+        if bad:
+            raise InvalidRecord(bad)
+        label = evaluation.as_label(self.task, example.label)
+        features = example.features
+        if careful:
+            saved = copy.deepcopy((self.model, self.fallback))
+            self._step(features, label, update_model)
+            if not self.healthy([features]):
+                self.model, self.fallback = saved
+                raise InvalidRecord({"features": "learning it made the model non-finite "
+                                                 "(the step was undone)"})
+        else:
+            self._step(features, label, update_model)
         self._seen[example.event_id] = None
         if len(self._seen) > self._dedupe_window:
             self._seen.popitem(last=False)
-        label = evaluation.as_label(self.task, example.label)
         ms, count = self._metrics_of(revision_of(example.model_version))
         evaluation.update(ms, self.task, label, example.score)
         count[0] += 1
-        detections = [self.feature_drift.update(example.features)]
+        detections = [self.feature_drift.update(features)]
         if self._watches(example.model_version):
             detections.append(
                 self.concept.update(evaluation.error_of(self.task, label, example.score)))
         self._detections.extend(d for d in detections if d is not None)
-        if update_model:
-            self.model.learn_one(example.features, label)
         if self.fallback is not None:
-            self.fallback.learn_one(
-                {k: example.features[k] for k in self.fallback_features if k in example.features},
-                label)
             self.fallback_examples += 1
         self.updates += 1
         return True
+
+    def _step(self, features: dict[str, float], label: Any, update_model: bool) -> None:
+        if update_model:
+            self.model.learn_one(features, label)
+        if self.fallback is not None:
+            self.fallback.learn_one(self._fallback_row(features), label)
+
+    def _fallback_row(self, features: Mapping[str, float]) -> dict[str, float]:
+        return {k: features[k] for k in self.fallback_features if k in features}
+
+    def healthy(self, rows: Iterable[Mapping[str, float]]) -> bool:
+        """Whether every number in the model's (and the fallback's) state is finite, and so
+        is their score of each of ``rows``.
+
+        >>> from online_models.spec import build_model
+        >>> from streams.catalog.fraud import FRAUD
+        >>> learner = OnlineLearner(FRAUD, build_model(FRAUD.model))
+        >>> learner.healthy([{"amount": 10.0}])
+        True
+        >>> learner.model.learn_one({"amount": float("inf")}, True)
+        >>> learner.healthy([{"amount": 10.0}])
+        False
+        """
+        return non_finite((self.model, self.fallback)) is None and all(
+            math.isfinite(predict(self.model, self.task, row))
+            and (self.fallback is None
+                 or math.isfinite(predict(self.fallback, self.task, self._fallback_row(row))))
+            for row in rows)
 
     def _watches(self, model_version: str) -> bool:
         """Whether a served score belongs on the error stream of the current model: not

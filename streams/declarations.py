@@ -197,6 +197,12 @@ class PipelineSpec:
     label_time_field: str = "ts"
     label_delay_bound: float = 3600.0     # seconds of event time a snapshot waits
     allowed_lateness: float = 600.0       # behind the entity's newest event
+    # Seconds an event's time may be ahead of the wall clock (a timestamp in milliseconds
+    # would otherwise become its entity's newest, and every real event after it "late").
+    max_future_skew: float = 300.0
+    # The largest magnitude a feature may take: an event giving a feature beyond it (or a
+    # value that is not finite) is refused before it is scored or learned from.
+    feature_limit: float = 1e12
     events_topic: str | None = None       # default: "<name>.events" (namespaced)
     labels_topic: str | None = None       # default: "<name>.labels" (namespaced)
     # How the labels' producer partitions them by event id: "crc32" (librdkafka's default:
@@ -232,6 +238,8 @@ class PipelineSpec:
         for needed in (self.label_field, self.event_id_field, self.label_time_field):
             if needed not in self.label_type.model_fields:
                 raise ValueError(f"{self.name}: the label has no field {needed!r}")
+        if self.max_future_skew < 0 or not self.feature_limit > 0:
+            raise ValueError(f"{self.name}: max_future_skew must be >= 0 and feature_limit > 0")
         for name in self.drift.categorical:
             if name not in names:
                 raise ValueError(f"{self.name}: drift.categorical names unknown feature {name!r}")
@@ -305,3 +313,16 @@ class PipelineSpec:
 
     def label_time_of(self, label: Record) -> float:
         return float(getattr(label, self.label_time_field))
+
+
+def ratio(numerator: float, denominator: float, floor: float) -> float:
+    """``numerator / denominator`` with a denominator smaller than ``floor`` (in magnitude)
+    taken as ``floor``: a derived feature safe by construction (a mean of 1e-300 made one
+    ordinary payment's ratio 5e301, and the model learned it).
+
+    >>> ratio(50.0, 1e-300, floor=0.01), ratio(50.0, 25.0, floor=0.01)
+    (5000.0, 2.0)
+    """
+    if abs(denominator) < floor:
+        denominator = floor if denominator >= 0 else -floor
+    return numerator / denominator

@@ -12,7 +12,14 @@ Event time rules:
 * an event more than ``allowed_lateness`` seconds behind the entity's newest event is
   rejected with :class:`LateEvent`;
 * an event whose id the state still remembers is rejected with :class:`DuplicateEvent`
-  (redelivery after a crash must not be counted twice).
+  (redelivery after a crash must not be counted twice);
+* given the wall clock (``now``), an event more than ``max_future_skew`` seconds ahead of
+  it is rejected with :class:`FutureEvent`: it would become its entity's newest, and
+  every real event after it late.
+
+An event whose features are not finite, or beyond ``feature_limit`` in magnitude, is
+rejected with :class:`UnsafeFeatures`, its state unchanged: one such value learned made
+every score of the model NaN.
 
 >>> from streams.catalog.fraud import FRAUD
 >>> from streams.catalog.fraud import Transaction
@@ -61,8 +68,24 @@ class LateEvent(ValueError):
         super().__init__(reason)
 
 
+class FutureEvent(ValueError):
+    """The event's time is further ahead of the wall clock than the allowed skew."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        super().__init__(reason)
+
+
 class DuplicateEvent(ValueError):
     """The event's id was applied to this entity's state already."""
+
+
+class UnsafeFeatures(ValueError):
+    """Features the model must not see: ``errors`` maps each to the reason."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
 class FeatureEngine:
@@ -76,13 +99,20 @@ class FeatureEngine:
 
     # ---- the one entry point -----------------------------------------------------------
 
-    def observe(self, state: State | None, event: Record) -> tuple[State, dict[str, float]]:
-        """Apply ``event``; return the new state and the event's features.
+    def observe(self, state: State | None, event: Record,
+                now: float | None = None) -> tuple[State, dict[str, float]]:
+        """Apply ``event``; return the new state and the event's features. ``now``, the
+        wall clock, bounds how far ahead event time may be (None: no bound, for replays).
 
-        ``state`` is not modified. Raises :class:`LateEvent` or :class:`DuplicateEvent`.
+        ``state`` is not modified. Raises :class:`LateEvent`, :class:`FutureEvent`,
+        :class:`DuplicateEvent` or :class:`UnsafeFeatures`.
         """
         prev = state or self.empty()
         t = self.spec.time_of(event)
+        if now is not None and t > now + self.spec.max_future_skew:
+            raise FutureEvent(self.spec.time_field,
+                              f"{t - now:.3f}s ahead of the wall clock; the largest skew "
+                              f"allowed is {self.spec.max_future_skew:g}s")
         event_id = self.spec.event_id_of(event)
         if any(r[1] == event_id for r in prev["recent"]):
             raise DuplicateEvent(f"event {event_id} was applied already")
@@ -92,8 +122,29 @@ class FeatureEngine:
                             f"{newest - t:.3f}s behind the entity's newest event; "
                             f"the allowed lateness is {self.spec.allowed_lateness:g}s")
         fields = event.model_dump()
-        features = self._features(prev, fields, t)
+        features = self.checked(self._features(prev, fields, t))
         return self._apply(prev, fields, t, event_id), features
+
+    def checked(self, features: dict[str, float]) -> dict[str, float]:
+        """``features``, if each is finite and within ``feature_limit``; else
+        :class:`UnsafeFeatures`.
+
+        >>> from streams.catalog.fraud import FRAUD
+        >>> try:
+        ...     FeatureEngine(FRAUD).checked({"amount": float("nan"), "sum_1m": 1e300})
+        ... except UnsafeFeatures as exc:
+        ...     print(*exc.errors, sep=", ")
+        amount, sum_1m
+        """
+        limit = self.spec.feature_limit
+        bad = {}
+        for name, value in features.items():
+            if not -limit <= value <= limit:  # NaN fails both comparisons
+                bad[name] = (f"not a finite number ({value})" if not math.isfinite(value)
+                             else f"{value:g} is beyond the feature limit {limit:g}")
+        if bad:
+            raise UnsafeFeatures(bad)
+        return features
 
     def features_for(self, state: State | None, event: Record) -> dict[str, float]:
         """The features ``event`` gets against ``state``, without applying it and without

@@ -69,10 +69,11 @@ class TrainingExample(Record):
 
 class ControlEvent(Record):
     """One step of a model's life, on ``<pipeline>.control``: a drift detection with its
-    evidence, a retrain request, a retrain's outcome, a promotion or a rollback."""
+    evidence, a retrain request, a retrain's outcome, a promotion or a rollback, a model
+    found unhealthy (scoring non-finite) and rolled back to the learner's checkpoint."""
 
     kind: Literal["concept_drift", "feature_drift", "retrain_requested", "retrain_skipped",
-                  "retrain_rejected", "promoted"]
+                  "retrain_rejected", "promoted", "model_unhealthy"]
     pipeline: str
     at: float
     model_version: str = ""            # the version serving when it happened

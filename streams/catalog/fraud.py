@@ -25,6 +25,7 @@ from streams.declarations import (
     Raw,
     SincePrevious,
     Sliding,
+    ratio,
 )
 from streams.schemas import Record
 
@@ -58,7 +59,8 @@ def log_amount(f: Mapping[str, float]) -> float:
 
 
 def amount_to_mean(f: Mapping[str, float]) -> float:
-    return f["amount"] / f["amount_ewm"] if f["amount_ewm"] else 1.0
+    # Means below a cent count as a cent: a tiny one would make the next ratio huge.
+    return ratio(f["amount"], f["amount_ewm"], floor=0.01)
 
 
 FRAUD = PipelineSpec(

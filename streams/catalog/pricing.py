@@ -24,6 +24,7 @@ from streams.declarations import (
     SincePrevious,
     Sliding,
     Tumbling,
+    ratio,
 )
 from streams.schemas import Record
 
@@ -50,7 +51,7 @@ class RidePrice(Record):
 
 
 def demand_supply(f: Mapping[str, float]) -> float:
-    return f["requests_5m"] / max(f["drivers_mean_15m"], 1.0)
+    return ratio(f["requests_5m"], f["drivers_mean_15m"], floor=1.0)
 
 
 def distance_x_pressure(f: Mapping[str, float]) -> float:

@@ -178,3 +178,36 @@ def test_a_checkpoint_from_before_fallbacks_gets_one():
     restored.add_fallback(FRAUD)
     assert restored.fallback is not None and restored.fallback_features == ("amount",
                                                                             "log_amount")
+
+
+def test_a_careful_step_that_would_poison_the_model_is_undone_and_refused():
+    import math
+
+    import pytest
+
+    from streams.schemas import InvalidRecord
+
+    careless, careful = fraud_learner(), fraud_learner()
+    for learner in (careless, careful):
+        for i in range(20):
+            learner.learn(example(i, float(i % 7), i % 3 == 0))
+    huge = example(99, 1e300, True)
+    careless.learn(huge)
+    assert not careless.healthy([{"x": 1.0}])
+    with pytest.raises(InvalidRecord, match="non-finite"):
+        careful.learn(huge, careful=True)
+    assert careful.healthy([{"x": 1.0}])
+    assert (careful.updates, careful.version) == (20, "v0.20")  # not counted
+    assert math.isfinite(predict(careful.model, "binary", {"x": 3.0}))
+
+
+def test_an_example_with_a_feature_that_is_not_finite_is_refused():
+    import pytest
+
+    from streams.schemas import InvalidRecord
+
+    learner = fraud_learner()
+    with pytest.raises(InvalidRecord) as refused:
+        learner.learn(example(1, float("nan"), True))
+    assert refused.value.errors == {"features.x": "not a finite number"}
+    assert learner.updates == 0 and learner.healthy([{"x": 1.0}])
