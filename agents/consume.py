@@ -19,9 +19,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
+from confluent_kafka import KafkaException
 
 from agents.faust_fixes import GapFiller
 from agents.outputs import Outputs
+from driftline.vectors import STORE_ERRORS
 from monitoring import metrics
 from monitoring.logs import bound
 from streams.schemas import DeadLetter, InvalidRecord
@@ -29,6 +31,10 @@ from streams.schemas import DeadLetter, InvalidRecord
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Sequence[Any]], Awaitable[None]]
+
+# A store that does not answer: the batch is handled again, never dead-lettered.
+TRANSIENT_ERRORS = (*STORE_ERRORS, KafkaException)
+RETRY_LONGEST_SECONDS = 5.0
 
 
 class DeadLetters:
@@ -73,6 +79,7 @@ class BatchReader:
         self.batch = batch
         self.topics: frozenset[str] = frozenset()  # set when its agent is registered
         self.lock = asyncio.Lock()
+        self._retries = metrics.BATCH_RETRIES.labels(pipeline=pipeline, kind=kind)
 
     async def run(self, stream: faust.StreamT) -> None:
         """The agent's body: batches of what its channel holds, the records Faust skipped
@@ -131,7 +138,7 @@ class BatchReader:
         with bound(pipeline=self.pipeline, kind=self.kind, topic=first.topic,
                    partition=first.partition, offset=first.offset):
             try:
-                await self.handle(records)
+                await self._held_until_stores_answer(records)
             except Exception:  # noqa: BLE001 - a defect with one record: find it, carry on
                 log.exception("%s: a batch of %d failed; handling its records one by one",
                               self.kind, len(records))
@@ -139,9 +146,25 @@ class BatchReader:
                     await self._handle_alone(rec)
             await self.outputs.flush()
 
+    async def _held_until_stores_answer(self, records: Sequence[Any]) -> None:
+        """``handle(records)``, again and again while a store (Redis, Milvus, Kafka) does
+        not answer: the records are held, not acknowledged, and nothing is dead-lettered
+        for a fault that is not theirs. Handlers may be given a batch again: each skips
+        what it applied already (the learner by offset, the scorer by event id)."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.handle(records)
+            except TRANSIENT_ERRORS as exc:
+                self._retries.inc()
+                log.warning("%s: a store did not answer (%r); the batch of %d is held and "
+                            "handled again in %.1fs", self.kind, exc, len(records), delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RETRY_LONGEST_SECONDS)
+
     async def _handle_alone(self, rec: Any) -> None:
         try:
-            await self.handle([rec])
+            await self._held_until_stores_answer([rec])
         except Exception as exc:  # noqa: BLE001 - park it with the reason, carry on
             log.exception("%s: processing failed, dead-lettering", self.kind)
             self.deadletters.send(rec, InvalidRecord({"$": f"processing failed: {exc!r}"}),

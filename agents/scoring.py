@@ -22,7 +22,7 @@ from agents.consume import DeadLetters
 from agents.faust_fixes import retried
 from agents.outputs import Outputs, partition_for
 from driftline.stores import EmbeddingStore, FeatureStore, LiveModel
-from driftline.vectors import EmbeddingSpace
+from driftline.vectors import STORE_ERRORS, EmbeddingSpace
 from monitoring import metrics
 from monitoring.logs import entity_ref
 from online_models.spec import predict
@@ -95,7 +95,7 @@ class EventScorer:
         # the next refresh would otherwise write the erased history back.
         entities = list({entity for _, _, entity in parsed})
         erased_until = await retried(lambda: self.erasures.forgotten_among(entities),
-                                     Exception, f"{spec.name}: reading the erasure register")
+                                     STORE_ERRORS, f"{spec.name}: reading the erasure register")
         now = time.time()  # how far ahead of it an event's time may be
         states: dict[str, Any] = {}     # each entity's state as the batch moves it on
         newest: dict[str, tuple] = {}   # entity -> (record, features, event time) to write
@@ -153,7 +153,9 @@ class EventScorer:
             rows.append((entity, features, states[entity], event_time))
         self.table.flush()
         if rows:
-            await retried(lambda: self.features.put_many(rows), Exception,
+            # Retried here, not by the batch's reader: the table holds the batch's states
+            # already, so a batch handled again would find its events applied.
+            await retried(lambda: self.features.put_many(rows), STORE_ERRORS,
                           f"{self.spec.name}: writing {len(rows)} feature rows to Redis")
 
     def _emit(self, scored: list[_Scored]) -> None:

@@ -30,6 +30,9 @@ disable_created_metrics()
 EVENTS = Counter("driftline_events_total",
                  "Records consumed by the worker, by input kind and outcome",
                  ["pipeline", "kind", "outcome"])  # kind: event|label; outcome: ok|deadletter
+BATCH_RETRIES = Counter("driftline_batch_retries_total",
+                        "Batches held and handled again because a store (Redis, Milvus, "
+                        "Kafka) did not answer", ["pipeline", "kind"])
 DEADLETTERS = Counter("driftline_deadletters_total",
                       "Records sent to the dead-letter topic, by reason",
                       ["pipeline", "reason"])
