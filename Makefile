@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install stack-up stack-down lint clean bench
+.PHONY: demo test test-faults install stack-up stack-down lint clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,13 @@ lint: install
 	$(BIN)/ruff check .
 
 test: stack-up lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not faults"
+
+# The fault suite (tests/integration/test_faults.py, about 5 minutes): Redis, the broker
+# and Milvus Lite restarted mid-stream, a worker killed, poison events, SIGTERM under a
+# backlog; each case prints its accounting. .ci/run runs it after `make test`.
+test-faults: stack-up
+	$(BIN)/pytest -m faults -s tests/integration/test_faults.py
 
 # Ingest throughput against a bare consumer, a bare Faust agent and Quix Streams
 # (benchmarks/ingest.py, 5 to 10 minutes); it builds Quix's own environment under

@@ -85,10 +85,14 @@ class EventScorer:
         for rec in records:
             try:
                 event = parse(spec.event_type, rec.value)
+                entity = spec.entity_of(event)
+                if rec.key != entity.encode():
+                    raise InvalidRecord({"$key": _key_error(rec.key, spec.entity_field,
+                                                            entity)})
             except InvalidRecord as exc:
                 self.deadletters.send(rec, exc, "event")
                 continue
-            parsed.append((rec, event, spec.entity_of(event)))
+            parsed.append((rec, event, entity))
         if not parsed:
             return
         # Read for every batch, not from a periodic copy: a batch between an erasure and
@@ -186,3 +190,16 @@ class EventScorer:
                               b"B[" + b",".join(snapshots) + b"]", partition=partition)
         self._ok.inc(len(scored))
         self._predictions.inc(len(scored))
+
+
+def _key_error(key: bytes | None, field: str, entity: str) -> str:
+    """Why a record's key disqualifies it: an entity's events must share a partition, where
+    its state is (one keyed otherwise would read and fork another partition's state).
+
+    >>> _key_error(None, "card_id", "c-1")
+    "missing: events are keyed by their card_id ('c-1')"
+    """
+    if key is None:
+        return f"missing: events are keyed by their {field} ({entity!r})"
+    return (f"{key.decode(errors='replace')!r} is not the event's {field} ({entity!r}): "
+            f"events are keyed by it")
