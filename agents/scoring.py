@@ -116,9 +116,13 @@ class EventScorer:
             try:
                 state, features = self.engine.observe(prior, event, now)
             except DuplicateEvent:
-                # Redelivered after a crash: its effects were applied (and sent) already.
+                # Redelivered after a crash: its state was applied (and its changelog sent),
+                # its prediction and snapshot may not have been (a crash between the two):
+                # they are sent again, scored on the features the state gives it. Outputs
+                # are at least once; the learner learns each event id once.
                 self._duplicates.inc()
-                continue
+                features = self.engine.features_for(prior, event)
+                state = None
             except LateEvent as exc:
                 self._late.inc()
                 self.deadletters.send(rec, InvalidRecord({exc.field: f"late: {exc}"}), "event",
@@ -137,7 +141,7 @@ class EventScorer:
                     "event", "unsafe", event_id=spec.event_id_of(event),
                     entity=entity_ref(entity))
                 continue
-            if not erased:  # an event from before the erasure is scored, not remembered
+            if state is not None and not erased:  # scored, not remembered: erased before
                 states[entity] = state
                 newest[entity] = (rec, features, event_time)
             scored.append(_Scored(rec, entity, spec.event_id_of(event), event_time, features))
