@@ -6,9 +6,15 @@ import argparse
 import sys
 import time
 import uuid
+from collections import Counter
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from driftline.config import Settings
 from streams.pipelines import PIPELINES
+
+if TYPE_CHECKING:
+    from driftline.deadletters import Selection
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
@@ -29,12 +35,14 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
-    from driftline.kafka_admin import ensure_pipeline_topics
+    from driftline.kafka_admin import ensure_pipeline_topics, partition_counts
 
-    for pipeline in args.pipeline:
-        topics = ensure_pipeline_topics(settings, pipeline)
-        for name, n in topics.partitions(settings.partitions).items():
-            print(f"{name}\t{n} partition(s)")
+    made = [ensure_pipeline_topics(settings, pipeline) for pipeline in args.pipeline]
+    # What the broker has, not what a default would give: existing inputs set the counts.
+    counts = partition_counts(settings)
+    for topics in made:
+        for name in vars(topics).values():
+            print(f"{name}\t{counts.get(name, '?')} partition(s)")
     return 0
 
 
@@ -43,7 +51,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from agents.app import create_app
     from agents.faust_fixes import discard_state_after_crash, mark_clean_shutdown
-    from driftline.kafka_admin import ensure_pipeline_topics
+    from driftline.kafka_admin import TopicLayoutError, ensure_pipeline_topics
 
     for pipeline in args.pipeline:
         ensure_pipeline_topics(settings, pipeline)
@@ -51,7 +59,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     discard_state_after_crash(state_dir)
     from monitoring.logs import dict_config
 
-    app = create_app(settings, args.pipeline)
+    try:
+        app = create_app(settings, args.pipeline)
+    except TopicLayoutError as exc:  # the operator's to mend; the message says how
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # The model registry's first open (MLflow's import, its database's schema check) holds
     # the interpreter for seconds: before the worker consumes, not in its first seconds.
     for pipeline in app.driftline_pipelines:
@@ -187,6 +199,63 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def _selection(args: argparse.Namespace) -> Selection | None:
+    from driftline.deadletters import Selection
+
+    try:
+        return Selection.parse(args.reason, args.since)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _deadletter_list(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from driftline.deadletters import Source, listing, reason_class
+
+    if (selection := _selection(args)) is None:
+        return 2
+    listed = listing(settings, args.pipeline, selection)
+    by_reason = Counter(reason_class(letter.error) for letter, _ in listed)
+    if args.json:
+        print(json.dumps({"letters": [{**letter.model_dump(), "status": status}
+                                      for letter, status in listed],
+                          "by_reason": dict(by_reason.most_common())}, indent=2))
+        return 0
+    for letter, status in listed[-args.last:] if args.last > 0 else listed:
+        when = datetime.fromtimestamp(letter.at).astimezone().isoformat(timespec="seconds")
+        print(f"{when}  {Source.of(letter)}  key={letter.key}  {status:<11} {letter.error}")
+    statuses = ", ".join(f"{n} {s}" for s, n in Counter(s for _, s in listed).most_common())
+    shown = f", the newest {args.last} shown" if 0 < args.last < len(listed) else ""
+    print(f"{len(listed)} dead letter(s)" + (f" ({statuses}){shown}; by reason:" if listed
+                                             else ""))
+    for reason, n in by_reason.most_common():
+        print(f"{n:>7}  {reason}")
+    return 0
+
+
+def _deadletter_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.deadletters import replay
+
+    if (selection := _selection(args)) is None:
+        return 2
+    try:
+        report = replay(settings, args.pipeline, selection, internal=args.internal,
+                        refailed=args.refailed)
+    except RuntimeError as exc:  # Kafka refused a send; the ledger knows what went
+        print(f"error: {exc}; run the replay again to finish it", file=sys.stderr)
+        return 1
+    if report.recovered:
+        print(f"{report.recovered} sent back by an interrupted replay, found and marked")
+    for why, n in report.skipped.most_common():
+        print(f"left {n}: {why}")
+    for topic, n in sorted(report.sent.items()):
+        print(f"sent back {n} to {topic}")
+    print(f"{sum(report.sent.values())} dead letter(s) replayed")
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.demo import run_demo
 
@@ -263,6 +332,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", choices=sorted(PIPELINES))
     p.add_argument("--show", type=int, default=20, help="differences to print")
     p.set_defaults(func=_replay)
+
+    p = sub.add_parser("deadletter", help="the records the worker refused: list them, or "
+                                          "send them back (each once) after a fix")
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("pipeline", choices=sorted(PIPELINES))
+    chosen.add_argument("--reason", help="a regular expression searched in the error "
+                                         "(any case)")
+    chosen.add_argument("--since", help="dead-lettered at or after: epoch seconds, an ISO "
+                                        "time (local unless it names a zone) or a span back "
+                                        "(90s, 10m, 2h, 1d)")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("list", parents=[chosen], help="oldest first, then a count by "
+                                                          "reason")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--last", type=int, default=0,
+                   help="show only the newest N (the counts are of all)")
+    q.set_defaults(func=_deadletter_list)
+    q = actions.add_parser("replay", parents=[chosen], help="send the records back to their "
+                                                            "source partitions, each once")
+    q.add_argument("--refailed", action="store_true",
+                   help="also letters of copies a replay sent back that failed again")
+    q.add_argument("--internal", action="store_true",
+                   help="also letters from the join, training and control topics, which "
+                        "Driftline wrote itself (default: events and labels only)")
+    q.set_defaults(func=_deadletter_replay)
 
     p = sub.add_parser("demo", help="run the whole pipeline for about a minute")
     p.add_argument("--pipeline", default="fraud", choices=sorted(PIPELINES))
