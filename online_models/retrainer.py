@@ -80,12 +80,17 @@ class Retrainer:
         starts at the topic's end (old detections concern models long gone)."""
         tps = [TopicPartition(topic, 0) for topic in self._by_topic]
         committed = self.consumer.committed(tps, timeout=timeout)
-        assigned = []
+        assigned, fresh = [], []
         for tp in committed:
             if tp.offset < 0:
                 _, high = self.consumer.get_watermark_offsets(tp, timeout=timeout)
                 tp = TopicPartition(tp.topic, 0, high)
+                fresh.append(tp)
             assigned.append(tp)
+        if fresh:
+            # Remembered at once: a retrainer killed during its first retrain resumes at
+            # that trigger, not at the end the next one would start from.
+            self.consumer.commit(offsets=fresh, asynchronous=False)
         self.consumer.assign(assigned)
         log.info("retrainer reading %s", ", ".join(f"{t.topic}@{t.offset}" for t in assigned))
         # After a restart, the champion's lineage says what the last retrain covered and

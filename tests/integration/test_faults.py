@@ -226,3 +226,60 @@ def test_sigterm_while_learning_a_backlog_stops_within_30s_and_loses_nothing(set
         trained = [t["event_id"] for t in read_all(s, topics.training)]
         assert len(set(trained)) == n
         assert int(status["updates"]) == n
+
+
+def test_sigterm_stops_the_api_and_the_retrainer_within_30s(case):
+    """Every service stops on SIGTERM, promptly and cleanly (the worker: the test above)."""
+    from driftline.processes import api_process, retrainer_process
+
+    s = case.settings.with_overrides(api_port=free_port(), retrainer_port=free_port())
+    for start in (api_process, retrainer_process):
+        proc = start(s, case.logs).start()
+        started = time.monotonic()
+        proc.stop(timeout=60.0)
+        took = time.monotonic() - started
+        print(f"SIGTERM {proc.name}: exited in {took:.1f}s with {proc.proc.returncode}")
+        assert took < 30.0 and proc.proc.returncode == 0
+
+
+def test_retrainer_killed_during_a_retrain(case):
+    """kill -9 while a retrain waits for its labels; the next retrainer handles the trigger
+    (it was not committed): one outcome for it, neither lost nor doubled."""
+    from driftline.processes import retrainer_process
+    from online_models.lifecycle import send_control
+    from streams.schemas import ControlEvent
+
+    s = case.settings.with_overrides(retrainer_port=free_port())
+    emissions = _emissions(seed=9)
+    half = len(emissions) // 2
+    _flow(case, emissions[:half], lambda: None)
+    trained = len(read_all(s, case.topics.training))
+    retrainer = retrainer_process(s, case.logs, ["fraud"]).start()
+    try:
+        # A drift at the log's end: the retrain waits for min_after_drift more labels.
+        send_control(s, ControlEvent(kind="concept_drift", pipeline="fraud", at=time.time(),
+                                     offset=trained - 1, evidence={"direction": "up"}))
+        time.sleep(5.0)
+        retrainer.kill()
+    finally:
+        retrainer.kill()
+    retrainer = retrainer_process(s, case.logs, ["fraud"]).start()
+    try:
+        _flow(case, emissions[half:], lambda: None)
+        wait_for(lambda: _outcomes_of(s, case.topics, trained - 1), 120,
+                 "the retrain's outcome")
+        time.sleep(3.0)  # a second outcome would show by now
+        outcomes = _outcomes_of(s, case.topics, trained - 1)
+    finally:
+        retrainer.stop()
+    print(f"retrainer kill -9: outcomes of the trigger {outcomes}")
+    assert len(outcomes) == 1, outcomes
+
+
+def _outcomes_of(s, topics: PipelineTopics, trigger_offset: int) -> list[str]:
+    """The retrainer's answers to the trigger at ``trigger_offset`` (the learner's own
+    drift detections may trigger retrains of their own meanwhile)."""
+    return [c["kind"] for c in read_all(s, topics.control)
+            if c["kind"] in ("promoted", "retrain_rejected", "retrain_skipped")
+            and (c["evidence"].get("trigger_offset") == trigger_offset
+                 or (c["kind"] == "retrain_skipped" and c["offset"] == trigger_offset))]
