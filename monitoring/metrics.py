@@ -187,7 +187,7 @@ SHADOW_DIFFERENCE = Histogram("driftline_api_shadow_difference",
                               buckets=(.001, .005, .01, .05, .1, .2, .5, 1, 5, 10, 50))
 DEGRADED = Counter("driftline_api_degraded_total",
                    "Scores answered by the fallback model, by reason (features_timeout, "
-                   "features_unavailable, no_model)", ["pipeline", "reason"])
+                   "features_unavailable, no_model, score_not_finite)", ["pipeline", "reason"])
 BATCH_SIZE = Histogram("driftline_api_batch_events", "Events per batch request",
                        ["pipeline"], buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000))
 CACHE_LOOKUPS = Counter("driftline_api_cache_lookups_total",
