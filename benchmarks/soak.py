@@ -77,6 +77,7 @@ from driftline.namespaces import scratch_namespace
 from driftline.processes import ServiceProcess, api_process, api_url, worker_process
 from driftline.producer import ProduceReport, produce
 from driftline.stack import LocalStack, free_port
+from driftline.stores import learner_status
 from driftline.topic_reader import committed_offset, read_topic, watermarks
 from monitoring.scrape import Scrape, scrape
 from serving.auth import new_token
@@ -84,7 +85,6 @@ from streams.generators import pipeline_history
 from streams.generators.base import Emission
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
-from tests.integration.conftest import learner_state
 
 PIPELINE = "fraud"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -395,7 +395,7 @@ class Soak:
 
     def learned(self) -> int | None:
         try:
-            return int(learner_state(self.settings).get("updates") or 0)
+            return int(learner_status(self.settings, PIPELINE).get("updates") or 0)
         except RedisError:
             return None
 
@@ -447,7 +447,7 @@ def committed_lag(settings: Settings, topics: PipelineTopics) -> dict[str, int]:
             behind += high - (low if done is None else done)
         out[kind] = behind
     _, end = watermarks(settings, topics.training, 0)
-    cursor = learner_state(settings).get("next_offset") or "0"
+    cursor = learner_status(settings, PIPELINE).get("next_offset") or "0"
     out["training"] = max(0, end - int(cursor))
     return out
 
@@ -510,7 +510,7 @@ def account(settings: Settings, topics: PipelineTopics, producer: Producer,
     trained = copies(settings, topics.training, in_value)
     letters = [json.loads(r.value) for r in read_topic(settings, topics.deadletter,
                                                         READ_TIMEOUT)]
-    status = learner_state(settings)
+    status = learner_status(settings, PIPELINE)
     reasons = Counter(f'{d["source_topic"].rsplit(".", 1)[-1]}: '
                       f'{re.sub(r"[0-9][0-9.e+-]*", "N", d["error"])[:100]}' for d in letters)
     return {"events_produced": producer.report.events,

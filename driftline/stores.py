@@ -393,3 +393,16 @@ def delete_namespace_keys(settings: Settings) -> int:
         deleted += client.delete(key)
     client.close()
     return deleted
+
+
+def learner_status(settings: Settings, pipeline: str) -> dict[str, str]:
+    """The learner's status as it last wrote it (version, updates, next_offset, metrics...),
+    for the operators' tools, the benchmarks and the tests; empty before its first write."""
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        raw = client.hgetall(RedisKeys(settings.redis_prefix, pipeline).learner)
+    finally:
+        client.close()
+    return {k.decode(): v.decode() for k, v in raw.items()}

@@ -20,7 +20,7 @@ from driftline.kafka_admin import ensure_pipeline_topics
 from driftline.namespaces import scratch_namespace
 from driftline.processes import api_process, worker_process
 from driftline.stack import LocalStack, free_port
-from driftline.stores import RedisKeys
+from driftline.stores import RedisKeys, learner_status
 from driftline.topic_reader import read_topic
 from driftline.vectors import blocking_client
 from monitoring.scrape import scrape
@@ -153,12 +153,7 @@ def redis_features(settings: Settings, pipeline: str, entities) -> dict[str, dic
 
 def learner_state(settings: Settings, pipeline: str = "fraud") -> dict[str, str]:
     """The learner's status in Redis (written by whichever worker leads)."""
-    client = redis.Redis.from_url(settings.redis_url)
-    try:
-        raw = client.hgetall(RedisKeys(settings.redis_prefix, pipeline).learner)
-    finally:
-        client.close()
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    return learner_status(settings, pipeline)
 
 
 def call(url: str, payload: dict | bytes | None = None, method: str | None = None,
