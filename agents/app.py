@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import signal
+import threading
+from typing import Any
 
 import faust
 
@@ -94,3 +97,29 @@ def create_app(settings: Settings, pipelines: list[str] | None = None) -> faust.
         return web.json({"status": "ok"})
 
     return app
+
+
+class BoundedWorker(faust.Worker):
+    """Faust's worker, whose stop on a signal is bounded: a batch held while a store does
+    not answer (:class:`agents.consume.BatchReader` retries it) would keep Faust's
+    shutdown waiting for it for ever. Past ``shutdown_seconds`` the process exits without
+    committing the held records: they are handled again at the next start, their outputs
+    sent again (at least once), their state not applied twice."""
+
+    def __init__(self, *args: Any, shutdown_seconds: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shutdown_seconds = shutdown_seconds
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        timer = threading.Timer(self.shutdown_seconds, _exit_unclean, (self.shutdown_seconds,))
+        timer.daemon = True
+        timer.start()
+        super()._schedule_shutdown(signal)
+
+
+def _exit_unclean(seconds: float) -> None:
+    logging.getLogger(__name__).error(
+        "not stopped cleanly after %.0fs (a batch held while a store is down?): exiting "
+        "without committing it; the next start handles it again", seconds)
+    logging.shutdown()
+    os._exit(1)

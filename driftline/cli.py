@@ -47,9 +47,7 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    import faust
-
-    from agents.app import create_app
+    from agents.app import BoundedWorker, create_app
     from agents.faust_fixes import discard_state_after_crash, mark_clean_shutdown
     from driftline.kafka_admin import TopicLayoutError, ensure_pipeline_topics
 
@@ -68,10 +66,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     # the interpreter for seconds: before the worker consumes, not in its first seconds.
     for pipeline in app.driftline_pipelines:
         pipeline.swaps.open_registry()
-    worker = faust.Worker(app, loglevel=settings.log_level,
-                          logging_config=dict_config(settings.log_level, settings.log_format,
-                                                     settings.log_entities,
-                                                     settings.log_entity_key))
+    worker = BoundedWorker(app, loglevel=settings.log_level,
+                           logging_config=dict_config(settings.log_level, settings.log_format,
+                                                      settings.log_entities,
+                                                      settings.log_entity_key),
+                           shutdown_seconds=settings.shutdown_seconds)
     try:
         worker.execute_from_commandline()
     finally:  # reached on SIGTERM or SIGINT, never on a kill -9

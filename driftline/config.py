@@ -75,6 +75,11 @@ class Settings:
     # DRIFTLINE_WORKER_BATCH_SECONDS): one Redis round trip and one flush per batch.
     worker_batch: int = 500
     worker_batch_seconds: float = 0.05
+    # A worker asked to stop (SIGTERM) that has not stopped cleanly after this many seconds
+    # (a batch held while a store is down) exits without committing what it holds, which
+    # is handled again at its next start (DRIFTLINE_SHUTDOWN_SECONDS; an orchestrator's
+    # grace period is often 30 s).
+    shutdown_seconds: float = 25.0
     # Window of the rolling prequential metrics, in labels (DRIFTLINE_METRIC_WINDOW).
     metric_window: int = 2000
     # The model registry: an MLflow tracking URI, by default a SQLite file in the data dir

@@ -283,3 +283,35 @@ def _outcomes_of(s, topics: PipelineTopics, trigger_offset: int) -> list[str]:
             if c["kind"] in ("promoted", "retrain_rejected", "retrain_skipped")
             and (c["evidence"].get("trigger_offset") == trigger_offset
                  or (c["kind"] == "retrain_skipped" and c["offset"] == trigger_offset))]
+
+
+def test_sigterm_while_redis_is_down_stops_within_30s_and_loses_nothing(case):
+    """A batch held while Redis is down would keep the worker's shutdown waiting for ever;
+    past DRIFTLINE_SHUTDOWN_SECONDS it exits without committing it, and the next worker
+    handles it: every event predicted, every label learned once."""
+    everything = _emissions(seed=10)
+    events = [e for e in everything if e.kind == "event"][:300]
+    ids = {e.record.event_id for e in events}
+    emissions = events + [e for e in everything
+                          if e.kind == "label" and e.record.event_id in ids]
+    stack = LocalStack(Settings.from_env())
+    stack.down(("redis",))
+    try:
+        send(case.settings, case.topics.events,
+             [(e.key, e.record.to_json()) for e in emissions if e.kind == "event"])
+        send(case.settings, case.topics.labels,
+             [(e.key, e.record.to_json()) for e in emissions if e.kind == "label"])
+        time.sleep(3.0)  # the worker holds the batch, retrying
+        started = time.monotonic()
+        case.worker.stop(timeout=60.0)
+        took = time.monotonic() - started
+    finally:
+        stack.up(services=("redis",))
+    print(f"SIGTERM with Redis down: exited in {took:.1f}s with {case.worker.proc.returncode}")
+    assert took < 30.0
+    case.restart_worker()
+    labels = sum(e.kind == "label" for e in emissions)
+    wait_for(lambda: int(learner_state(case.settings).get("updates") or 0) >= labels, 120,
+             f"{labels} labels learned")
+    time.sleep(2.0)
+    _balanced(_account(case, emissions, "SIGTERM with Redis down"), again_allowed=True)
