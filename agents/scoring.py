@@ -104,6 +104,7 @@ class EventScorer:
         states: dict[str, Any] = {}     # each entity's state as the batch moves it on
         newest: dict[str, tuple] = {}   # entity -> (record, features, event time) to write
         scored: list[_Scored] = []
+        replayed = 0  # scored again after a crash: counted as duplicates, not as new events
         for rec, event, entity in parsed:
             if entity not in states:
                 states[entity] = self.table.get(entity, rec)
@@ -121,6 +122,7 @@ class EventScorer:
                 # they are sent again, scored on the features the state gives it. Outputs
                 # are at least once; the learner learns each event id once.
                 self._duplicates.inc()
+                replayed += 1
                 features = self.engine.features_for(prior, event)
                 state = None
             except LateEvent as exc:
@@ -149,6 +151,7 @@ class EventScorer:
             await self.space.add_neighbour_features([s.features for s in scored])
         await self._write(states, newest)
         self._emit(scored)
+        self._ok.inc(len(scored) - replayed)
         if scored:
             self._seconds.observe((time.perf_counter() - started) / len(scored))
 
@@ -192,7 +195,6 @@ class EventScorer:
             # Keyed by the events' partition: the join's event time is per source.
             self.outputs.send(self.topics.join, str(source).encode(),
                               b"B[" + b",".join(snapshots) + b"]", partition=partition)
-        self._ok.inc(len(scored))
         self._predictions.inc(len(scored))
 
 

@@ -7,6 +7,7 @@ import json
 from types import SimpleNamespace as NS
 
 from agents.scoring import EventScorer
+from monitoring import metrics
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 
@@ -68,6 +69,8 @@ async def test_an_event_again_after_a_crash_sends_its_outputs_again_not_its_stat
     scorer, table, outputs = _scorer()
     await scorer.handle([_payment(0, "e0"), _payment(1, "e1")])
     state, writes = table.data["c-1"], table.writes
+    ok = metrics.EVENTS.labels(pipeline="fraud", kind="event", outcome="ok")
+    counted = ok._value.get()
     # Redelivered (its state applied, its outputs perhaps never sent): sent again.
     await scorer.handle([_payment(1, "e1")])
     predictions = [json.loads(v)["event_id"] for v in _sent(outputs, TOPICS.predictions)]
@@ -76,3 +79,4 @@ async def test_an_event_again_after_a_crash_sends_its_outputs_again_not_its_stat
                  for s in json.loads(v[1:])]
     assert snapshots == ["e0", "e1", "e1"]
     assert table.data["c-1"] == state and table.writes == writes  # applied once
+    assert ok._value.get() == counted  # counted once: a duplicate, not a new event
