@@ -21,7 +21,7 @@ from typing import Any
 import faust
 from confluent_kafka import KafkaException
 
-from agents.faust_fixes import GapFiller
+from agents.faust_fixes import GapFiller, retried
 from agents.outputs import Outputs
 from driftline.vectors import STORE_ERRORS
 from monitoring import metrics
@@ -151,16 +151,9 @@ class BatchReader:
         not answer: the records are held, not acknowledged, and nothing is dead-lettered
         for a fault that is not theirs. Handlers may be given a batch again: each skips
         what it applied already (the learner by offset, the scorer by event id)."""
-        delay = 0.5
-        while True:
-            try:
-                return await self.handle(records)
-            except TRANSIENT_ERRORS as exc:
-                self._retries.inc()
-                log.warning("%s: a store did not answer (%r); the batch of %d is held and "
-                            "handled again in %.1fs", self.kind, exc, len(records), delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, RETRY_LONGEST_SECONDS)
+        await retried(lambda: self.handle(records), TRANSIENT_ERRORS,
+                      f"{self.kind}: a batch of {len(records)} (held: a store did not answer)",
+                      longest=RETRY_LONGEST_SECONDS, on_retry=self._retries.inc)
 
     async def _handle_alone(self, rec: Any) -> None:
         try:

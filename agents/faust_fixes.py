@@ -107,16 +107,21 @@ def every(app: faust.App, seconds: float) -> Callable[[Callable], Callable]:
     return register
 
 
-async def retried(attempt: Callable[[], Awaitable[T]], retry_on: type[BaseException],
-                  what: str, longest: float = 5.0) -> T:
+async def retried(attempt: Callable[[], Awaitable[T]],
+                  retry_on: type[BaseException] | tuple[type[BaseException], ...],
+                  what: str, longest: float = 5.0,
+                  on_retry: Callable[[], None] | None = None) -> T:
     """``await attempt()`` until it does not raise ``retry_on``, waiting 0.5 s, 1 s, 2 s...
-    up to ``longest`` between tries: for reads of records that exist, which must not be
-    skipped (a dead letter or an empty answer would lose them)."""
+    up to ``longest`` between tries (``on_retry()`` at each, e.g. a counter): for reads of
+    records that exist, which must not be skipped (a dead letter or an empty answer would
+    lose them), and for batches held while a store does not answer."""
     delay = 0.5
     while True:
         try:
             return await attempt()
         except retry_on:
+            if on_retry is not None:
+                on_retry()
             log.warning("%s failed; retrying in %.1fs", what, delay, exc_info=True)
             await asyncio.sleep(delay)
             delay = min(2 * delay, longest)

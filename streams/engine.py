@@ -55,37 +55,33 @@ from streams.declarations import (
     Sliding,
     Tumbling,
 )
-from streams.schemas import Record
+from streams.schemas import InvalidRecord, Record
 
 State = dict[str, Any]
 
 
-class LateEvent(ValueError):
+class EventTimeError(ValueError):
+    """The event's time (its ``field``) is out of the bounds the pipeline declares."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        super().__init__(reason)
+
+
+class LateEvent(EventTimeError):
     """The event is further behind its entity's newest event than the allowed lateness."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        super().__init__(reason)
 
-
-class FutureEvent(ValueError):
+class FutureEvent(EventTimeError):
     """The event's time is further ahead of the wall clock than the allowed skew."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        super().__init__(reason)
 
 
 class DuplicateEvent(ValueError):
     """The event's id was applied to this entity's state already."""
 
 
-class UnsafeFeatures(ValueError):
+class UnsafeFeatures(InvalidRecord):
     """Features the model must not see: ``errors`` maps each to the reason."""
-
-    def __init__(self, errors: dict[str, str]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
 class FeatureEngine:
