@@ -29,8 +29,10 @@ PIPELINE ?= fraud
 demo: stack-up
 	$(BIN)/driftline demo --pipeline $(PIPELINE)
 
+# Style, then the import contract of pyproject.toml: layers that import only downwards, no cycle.
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: stack-up lint
 	$(BIN)/pytest -m "not faults"

@@ -1,6 +1,6 @@
 """The Faust application of the stream worker (``driftline worker``).
 
-Topics are created beforehand with the admin client (:mod:`driftline.kafka_admin`),
+Topics are created beforehand with the admin client (:mod:`driftline.adapters.kafka_admin`),
 partitioned as the pipeline's input topics are, whoever created those; Faust creates only
 its own changelog topics, and the tables are given the same counts. A worker whose own
 topics were left partitioned otherwise refuses to start, saying what to do, rather than
@@ -24,8 +24,12 @@ import faust
 from agents.faust_fixes import deliver_directly, flush_waits_for_delivery
 from agents.outputs import Outputs
 from agents.pipeline import PipelineAgents
-from driftline.config import Settings
-from driftline.kafka_admin import PipelinePartitions, partition_counts, refuse_other_partitioning
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import (
+    PipelinePartitions,
+    partition_counts,
+    refuse_other_partitioning,
+)
 from monitoring.metrics import exposition
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics

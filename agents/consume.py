@@ -23,7 +23,7 @@ from confluent_kafka import KafkaException
 
 from agents.faust_fixes import GapFiller, retried
 from agents.outputs import Outputs
-from driftline.vectors import STORE_ERRORS
+from driftline.adapters.vectors import STORE_ERRORS
 from monitoring import metrics
 from monitoring.logs import bound
 from streams.schemas import DeadLetter, InvalidRecord

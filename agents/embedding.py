@@ -36,9 +36,9 @@ from typing import Any
 from cachetools import LRUCache
 
 from agents.training_log import TrainingLog
-from driftline.config import Settings
-from driftline.stores import EmbeddingStore
-from driftline.vectors import VectorStore, ensure_collections
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import EmbeddingStore
+from driftline.adapters.vectors import VectorStore, ensure_collections
 from monitoring import metrics as m
 from streams.declarations import PipelineSpec
 from streams.embeddings import EventEmbedder, Profile

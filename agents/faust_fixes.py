@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import faust
 
-from driftline.topic_reader import committed_offset, read_range, watermarks
+from driftline.adapters.topic_reader import committed_offset, read_range, watermarks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

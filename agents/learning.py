@@ -28,8 +28,8 @@ from agents.consume import DeadLetters
 from agents.faust_fixes import retried
 from agents.outputs import Outputs
 from agents.training_log import TrainingLog, UnreadTraining
-from driftline.config import Settings
-from driftline.stores import ModelSnapshot, RedisKeys, SnapshotStore
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import ModelSnapshot, RedisKeys, SnapshotStore
 from monitoring import metrics
 from online_models.learner import OnlineLearner
 from online_models.spec import build_model

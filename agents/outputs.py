@@ -23,7 +23,7 @@ from typing import Any, Literal
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException, Producer
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 
 log = logging.getLogger(__name__)
 

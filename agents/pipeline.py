@@ -35,9 +35,9 @@ from agents.promotions import ModelSwaps
 from agents.scoring import EventScorer
 from agents.tables import CachedTable
 from agents.training_log import TrainingLog, TrainingTail
-from driftline.config import Settings
-from driftline.kafka_admin import PipelinePartitions
-from driftline.stores import (
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import PipelinePartitions
+from driftline.adapters.stores import (
     EmbeddingStore,
     FeatureStore,
     LiveModel,
@@ -46,8 +46,8 @@ from driftline.stores import (
     SnapshotStore,
     connect,
 )
-from driftline.topic_reader import watermarks
-from driftline.vectors import EmbeddingSpace
+from driftline.adapters.topic_reader import watermarks
+from driftline.adapters.vectors import EmbeddingSpace
 from monitoring import metrics
 from online_models.learner import revision_of
 from online_models.spec import build_model

@@ -17,8 +17,8 @@ from typing import Any
 
 from agents.consume import DeadLetters
 from agents.learning import Learning
-from driftline.config import Settings
-from driftline.topic_reader import read_range
+from driftline.adapters.config import Settings
+from driftline.adapters.topic_reader import read_range
 from monitoring import metrics
 from online_models import evaluation
 from streams.declarations import PipelineSpec

@@ -21,8 +21,8 @@ from typing import Any
 from agents.consume import DeadLetters
 from agents.faust_fixes import retried
 from agents.outputs import Outputs, partition_for
-from driftline.stores import EmbeddingStore, FeatureStore, LiveModel
-from driftline.vectors import STORE_ERRORS, EmbeddingSpace
+from driftline.adapters.stores import EmbeddingStore, FeatureStore, LiveModel
+from driftline.adapters.vectors import STORE_ERRORS, EmbeddingSpace
 from monitoring import metrics
 from monitoring.logs import entity_ref
 from online_models.spec import predict

@@ -24,8 +24,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from agents.consume import DeadLetters
 from agents.faust_fixes import RecoveredEvent, RecoveredMessage
-from driftline.config import Settings
-from driftline.topic_reader import read_range, watermarks
+from driftline.adapters.config import Settings
+from driftline.adapters.topic_reader import read_range, watermarks
 from monitoring import metrics
 from streams.schemas import InvalidRecord, TrainingExample, parse
 

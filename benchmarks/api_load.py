@@ -4,7 +4,7 @@ without its caches, on loopback.
     python benchmarks/api_load.py            # the full run, about 5 minutes
     python benchmarks/api_load.py --quick    # about 1 minute: 1 process, 3 s scenarios
 
-Setup, without Kafka or the stream worker (:mod:`driftline.seeding`): ``--history`` events
+Setup, without Kafka or the stream worker (:mod:`driftline.tools.seeding`): ``--history`` events
 of the fraud generator run through the worker's own feature engine and learner in this
 process (each event scored before its label is learned); every card's window state is
 written to Redis and the learned model, with its fallback, is published as the champion,
@@ -76,12 +76,12 @@ import aiohttp
 import numpy as np
 from redis.exceptions import RedisError
 
-from driftline.config import Settings
-from driftline.namespaces import scratch_namespace
-from driftline.processes import ServiceProcess, api_process, api_url
-from driftline.seeding import Seeded, seed
-from driftline.stack import LocalStack, free_port
-from driftline.stores import connect
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import connect
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import ServiceProcess, api_process, api_url
+from driftline.tools.seeding import Seeded, seed
+from driftline.tools.stack import LocalStack, free_port
 from monitoring.scrape import Scrape, scrape
 from serving.auth import new_token
 from streams.pipelines import PIPELINES

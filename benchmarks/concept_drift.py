@@ -23,14 +23,14 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from driftline.config import Settings
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import retrainer_process, worker_process
-from driftline.producer import produce
-from driftline.stack import LocalStack
-from driftline.stores import RedisKeys
-from driftline.topic_reader import read_topic
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.stores import RedisKeys
+from driftline.adapters.topic_reader import read_topic
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import retrainer_process, worker_process
+from driftline.tools.stack import LocalStack
+from driftline.tools.synthetic import produce
 from online_models.spec import build_model, predict
 from streams.catalog.agrawal import AGRAWAL
 from streams.generators.agrawal import AgrawalGenerator, AgrawalStreamConfig

@@ -34,12 +34,12 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from driftline.config import Settings
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import worker_process
-from driftline.producer import produce
-from driftline.stack import LocalStack
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import worker_process
+from driftline.tools.stack import LocalStack
+from driftline.tools.synthetic import produce
 from monitoring.quantiles import histogram_quantile
 from monitoring.scrape import scrape
 from streams.generators import pipeline_history
@@ -166,7 +166,7 @@ def warm_up_learning(s: Settings, metrics_url: str, pipeline: str, labels: int,
     published."""
     import redis
 
-    from driftline.stores import RedisKeys
+    from driftline.adapters.stores import RedisKeys
 
     client = redis.Redis.from_url(s.redis_url)
     key = RedisKeys(s.redis_prefix, pipeline).embedding

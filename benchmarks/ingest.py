@@ -78,13 +78,13 @@ from confluent_kafka import Consumer
 
 from benchmarks.api_load import git_commit
 from benchmarks.freshness import measure as measure_freshness
-from driftline.config import Settings
-from driftline.kafka_admin import admin, ensure_pipeline_topics, ensure_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import ServiceProcess, worker_process
-from driftline.producer import produce
-from driftline.stack import LocalStack, free_port
-from driftline.topic_reader import read_topic
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import admin, ensure_pipeline_topics, ensure_topics
+from driftline.adapters.topic_reader import read_topic
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import ServiceProcess, worker_process
+from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.synthetic import produce
 from monitoring.scrape import Scrape, scrape
 from streams.generators import pipeline_history
 from streams.pipelines import PIPELINES

@@ -34,10 +34,10 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from driftline.config import Settings
-from driftline.namespaces import scratch_namespace
-from driftline.stack import LocalStack
-from driftline.vectors import VectorStore, ensure_collections
+from driftline.adapters.config import Settings
+from driftline.adapters.vectors import VectorStore, ensure_collections
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.stack import LocalStack
 from online_models import evaluation
 from online_models.spec import build_model, predict
 from streams.catalog.fraud import FRAUD

@@ -52,13 +52,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from driftline.config import Settings
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import worker_process
-from driftline.producer import produce
-from driftline.stack import LocalStack, free_port
-from driftline.topic_reader import TopicRecord, read_topic
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.topic_reader import TopicRecord, read_topic
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import worker_process
+from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.synthetic import produce
 from monitoring.quantiles import histogram_quantile
 from monitoring.scrape import Scrape, scrape
 from online_models import evaluation

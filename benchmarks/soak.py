@@ -71,14 +71,14 @@ from redis.exceptions import RedisError
 from benchmarks.api_load import git_commit, log_problems, milliseconds
 from benchmarks.ingest import forget_worker_state, machine
 from benchmarks.vector_scale import memory_mb
-from driftline.config import Settings
-from driftline.kafka_admin import ensure_pipeline_topics, partition_counts
-from driftline.namespaces import scratch_namespace
-from driftline.processes import ServiceProcess, api_process, api_url, worker_process
-from driftline.producer import ProduceReport, produce
-from driftline.stack import LocalStack, free_port
-from driftline.stores import learner_status
-from driftline.topic_reader import committed_offset, read_topic, watermarks
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import ensure_pipeline_topics, partition_counts
+from driftline.adapters.stores import learner_status
+from driftline.adapters.topic_reader import committed_offset, read_topic, watermarks
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import ServiceProcess, api_process, api_url, worker_process
+from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.synthetic import ProduceReport, produce
 from monitoring.scrape import Scrape, scrape
 from serving.auth import new_token
 from streams.generators import pipeline_history

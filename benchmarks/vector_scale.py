@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from driftline.config import Settings
-from driftline.stack import LocalStack, free_port
-from driftline.vectors import VectorStore, collection_names, ensure_collections
+from driftline.adapters.config import Settings
+from driftline.adapters.vectors import VectorStore, collection_names, ensure_collections
+from driftline.tools.stack import LocalStack, free_port
 from streams.catalog.fraud import FRAUD
 from streams.embeddings import EventEmbedder
 

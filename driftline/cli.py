@@ -10,15 +10,15 @@ from collections import Counter
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 from streams.pipelines import PIPELINES
 
 if TYPE_CHECKING:
-    from driftline.deadletters import Selection
+    from driftline.tools.deadletters import Selection
 
 
 def _stack(args: argparse.Namespace, settings: Settings) -> int:
-    from driftline.stack import LocalStack, StackError
+    from driftline.tools.stack import LocalStack, StackError
 
     stack = LocalStack(settings)
     try:
@@ -35,7 +35,7 @@ def _stack(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
-    from driftline.kafka_admin import ensure_pipeline_topics, partition_counts
+    from driftline.adapters.kafka_admin import ensure_pipeline_topics, partition_counts
 
     made = [ensure_pipeline_topics(settings, pipeline) for pipeline in args.pipeline]
     # What the broker has, not what a default would give: existing inputs set the counts.
@@ -49,7 +49,7 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from agents.app import BoundedWorker, create_app
     from agents.faust_fixes import discard_state_after_crash, mark_clean_shutdown
-    from driftline.kafka_admin import TopicLayoutError, ensure_pipeline_topics
+    from driftline.adapters.kafka_admin import TopicLayoutError, ensure_pipeline_topics
 
     for pipeline in args.pipeline:
         ensure_pipeline_topics(settings, pipeline)
@@ -117,7 +117,7 @@ def _traffic(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _retrainer(args: argparse.Namespace, settings: Settings) -> int:
-    from driftline.kafka_admin import ensure_pipeline_topics
+    from driftline.adapters.kafka_admin import ensure_pipeline_topics
     from online_models.retrainer import run_retrainer
 
     for pipeline in args.pipeline:
@@ -167,8 +167,8 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
-    from driftline.kafka_admin import ensure_pipeline_topics
-    from driftline.producer import produce
+    from driftline.adapters.kafka_admin import ensure_pipeline_topics
+    from driftline.tools.synthetic import produce
     from streams.generators import pipeline_history
 
     ensure_pipeline_topics(settings, args.pipeline)
@@ -190,7 +190,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from driftline.replay import replay
+    from driftline.tools.replay import replay
 
     report = replay(settings, args.pipeline)
     print("\n".join(report.lines(args.show)))
@@ -199,7 +199,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _selection(args: argparse.Namespace) -> Selection | None:
-    from driftline.deadletters import Selection
+    from driftline.tools.deadletters import Selection
 
     try:
         return Selection.parse(args.reason, args.since)
@@ -211,7 +211,7 @@ def _selection(args: argparse.Namespace) -> Selection | None:
 def _deadletter_list(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from driftline.deadletters import Source, listing, reason_class
+    from driftline.tools.deadletters import Source, listing, reason_class
 
     if (selection := _selection(args)) is None:
         return 2
@@ -235,7 +235,7 @@ def _deadletter_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _deadletter_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from driftline.deadletters import replay
+    from driftline.tools.deadletters import replay
 
     if (selection := _selection(args)) is None:
         return 2
@@ -256,7 +256,7 @@ def _deadletter_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from driftline.demo import run_demo
+    from driftline.tools.demo import run_demo
 
     return run_demo(settings, pipeline=args.pipeline, seconds=args.seconds, rate=args.rate,
                     keep=args.keep)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from driftline.config import Settings
-from driftline.producer import kafka_producer
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_clients import kafka_producer
 from streams.pipelines import PIPELINES
 from streams.schemas import ControlEvent
 from streams.topics import PipelineTopics

@@ -43,7 +43,7 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 if TYPE_CHECKING:
-    from driftline.config import Settings
+    from driftline.adapters.config import Settings
 
 # Alembic logs every migration step at INFO when a database is created.
 if logging.getLogger("alembic").level == logging.NOTSET:

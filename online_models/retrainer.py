@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
-from driftline.config import Settings
-from driftline.stores import RedisKeys, SnapshotStore, connect
-from driftline.topic_reader import read_range
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import RedisKeys, SnapshotStore, connect
+from driftline.adapters.topic_reader import read_range
 from monitoring import metrics as m
 from monitoring.logs import annotate, bound
 from online_models import lifecycle

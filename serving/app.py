@@ -31,9 +31,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
-from driftline.config import Settings
-from driftline.stores import EmbeddingStore, RedisKeys, connect
-from driftline.vectors import EmbeddingSpace
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import EmbeddingStore, RedisKeys, connect
+from driftline.adapters.vectors import EmbeddingSpace
 from monitoring import metrics as m
 from online_models import lifecycle
 from serving import dashboard, similar

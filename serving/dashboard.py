@@ -44,8 +44,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from driftline.config import Settings
-from driftline.stores import RedisKeys
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import RedisKeys
 from monitoring import metrics as m
 from monitoring.quantiles import histogram_quantile
 from monitoring.scrape import Scrape, parse

@@ -19,10 +19,10 @@ It is built from the code, not written beside it:
 Every error has the one shape ``{"error": <message>, "fields": {<field>: <reason>}}``
 (:mod:`serving.errors`). Bodies that vary (the model status) are described loosely.
 
-The document is computed once per :class:`~driftline.config.Settings` and shared: treat
+The document is computed once per :class:`~driftline.adapters.config.Settings` and shared: treat
 it as read-only.
 
->>> from driftline.config import Settings
+>>> from driftline.adapters.config import Settings
 >>> from streams.pipelines import PIPELINES
 >>> doc = document(Settings(api_batch_max=50))
 >>> doc["openapi"], doc is document(Settings(api_batch_max=50))
@@ -51,7 +51,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 from serving.auth import ROLES
 from serving.similar import SimilarQuery
 from serving.traffic import TrafficRequest, TrafficSplit

@@ -31,8 +31,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from driftline.config import Settings
-from driftline.stores import (
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import (
     FeatureStore,
     LiveModel,
     ModelSnapshot,
@@ -40,7 +40,7 @@ from driftline.stores import (
     SnapshotStore,
     TrafficStore,
 )
-from driftline.vectors import EmbeddingSpace
+from driftline.adapters.vectors import EmbeddingSpace
 from monitoring import metrics as m
 from monitoring.logs import entity_ref
 from online_models.explain import Contribution, contributions

@@ -27,7 +27,7 @@ import socket
 import ssl
 import time
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 
 log = logging.getLogger("driftline.serve")
 

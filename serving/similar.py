@@ -22,8 +22,8 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import Field, model_validator
 
-from driftline.stores import EmbeddingStore, FeatureStore, RedisKeys
-from driftline.vectors import STORE_ERRORS, EmbeddingSpace
+from driftline.adapters.stores import EmbeddingStore, FeatureStore, RedisKeys
+from driftline.adapters.vectors import STORE_ERRORS, EmbeddingSpace
 from monitoring import metrics as m
 from monitoring.logs import entity_ref
 from serving.bodies import read_body

@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from driftline.config import Settings
-from driftline.stores import RedisKeys, TrafficStore, connect
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import RedisKeys, TrafficStore, connect
 
 BUCKETS = 10_000  # percent resolution: 0.01
 

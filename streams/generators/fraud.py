@@ -38,7 +38,7 @@ MAX_BURST_SECONDS = 90.0
 class FraudStreamConfig:
     events: int = 10_000
     # Of event time: 1,000 cards at 2 events/s each buy every ~8 minutes. The producer
-    # replays it faster than real time (see driftline.producer).
+    # replays it faster than real time (see driftline.tools.synthetic).
     events_per_second: float = 2.0
     cards: int = 1_000
     merchants: int = 500

@@ -15,14 +15,14 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from driftline.config import Settings
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import api_process, worker_process
-from driftline.stack import LocalStack, free_port
-from driftline.stores import RedisKeys, learner_status
-from driftline.topic_reader import read_topic
-from driftline.vectors import blocking_client
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.stores import RedisKeys, learner_status
+from driftline.adapters.topic_reader import read_topic
+from driftline.adapters.vectors import blocking_client
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import api_process, worker_process
+from driftline.tools.stack import LocalStack, free_port
 from monitoring.scrape import scrape
 from serving.auth import new_token
 from streams.catalog.fraud import FRAUD

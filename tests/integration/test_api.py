@@ -4,7 +4,7 @@ caches and a hot swap, traffic splits, deadlines and the fallback through a slow
 stopped Redis, and TLS.
 
 The module seeds a namespace of its own (window states and a model learned from a
-generated history, :mod:`driftline.seeding`), so no stream worker is needed."""
+generated history, :mod:`driftline.tools.seeding`), so no stream worker is needed."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ import urllib.request
 import pytest
 import redis
 
-from driftline.config import Settings
-from driftline.namespaces import scratch_namespace
-from driftline.processes import api_process, api_url
-from driftline.seeding import seed
-from driftline.stack import LocalStack, free_port
-from driftline.stores import RedisKeys, SnapshotStore, connect
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import RedisKeys, SnapshotStore, connect
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import api_process, api_url
+from driftline.tools.seeding import seed
+from driftline.tools.stack import LocalStack, free_port
 from monitoring.scrape import scrape
 from online_models.explain import contributions
 from online_models.registry import Lineage, Registry

@@ -43,7 +43,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 from serving.openapi import document
 from streams.pipelines import PIPELINES
 from tests.integration.conftest import TOKEN_ENTRIES, TOKENS, call, own_namespace

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from driftline.config import Settings
-from driftline.namespaces import scratch_namespace
-from driftline.processes import api_process
-from driftline.stack import free_port
-from driftline.stores import RedisKeys, SnapshotStore, connect
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import RedisKeys, SnapshotStore, connect
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import api_process
+from driftline.tools.stack import free_port
 from online_models.spec import build_model, predict
 from streams.catalog.fraud import FRAUD
 from tests.integration.conftest import TOKENS, wait_for

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.concept_drift import run_through_kafka
-from driftline.namespaces import scratch_namespace
+from driftline.tools.namespaces import scratch_namespace
 from online_models.registry import Registry
 from tests.integration.conftest import free_port
 

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from driftline.producer import produce
-from driftline.stack import ensure_debian_binary
+from driftline.tools.stack import ensure_debian_binary
+from driftline.tools.synthetic import produce
 from streams.catalog.fraud import FRAUD
 from streams.generators import pipeline_history
 from tests.integration.conftest import TOKENS, call, own_namespace, wait_for

@@ -18,12 +18,12 @@ import uuid
 
 import pytest
 
-import driftline.deadletters
+import driftline.tools.deadletters
+from driftline.adapters.kafka_admin import ensure_topics
+from driftline.adapters.topic_reader import read_topic
 from driftline.cli import main
-from driftline.kafka_admin import ensure_topics
-from driftline.namespaces import scratch_namespace
-from driftline.stack import free_port
-from driftline.topic_reader import read_topic
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.stack import free_port
 from streams.catalog.fraud import FRAUD
 from streams.schemas import DeadLetter
 from streams.topics import PipelineTopics
@@ -123,7 +123,7 @@ def test_a_replay_stopped_midway_is_finished_by_the_next_without_sending_twice(
         value=r.value.decode(), error="i: not wanted", fields=["i"], at=time.time()
     ).to_json()) for r in records + records[:1]])
 
-    deliver, calls = driftline.deadletters._deliver, []
+    deliver, calls = driftline.tools.deadletters._deliver, []
     step = {"copies": 2, "sent marks": 3}[stop_at]
 
     def stopping(producer, messages, timeout=30.0):
@@ -132,10 +132,10 @@ def test_a_replay_stopped_midway_is_finished_by_the_next_without_sending_twice(
             raise RuntimeError("the broker went away")
         return deliver(producer, messages, timeout)
 
-    monkeypatch.setattr(driftline.deadletters, "_deliver", stopping)
+    monkeypatch.setattr(driftline.tools.deadletters, "_deliver", stopping)
     code, _ = cli(scratch, "deadletter", "replay", "fraud")
     assert code == 1
-    monkeypatch.setattr(driftline.deadletters, "_deliver", deliver)
+    monkeypatch.setattr(driftline.tools.deadletters, "_deliver", deliver)
     code, out = cli(scratch, "deadletter", "list", "fraud")
     assert "6 dead letter(s) (6 interrupted)" in out
 

@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 import redis
 
-from driftline.stores import RedisKeys
-from driftline.vectors import collection_names, quoted
+from driftline.adapters.stores import RedisKeys
+from driftline.adapters.vectors import collection_names, quoted
 from streams.catalog.fraud import FRAUD, FRAUD_KNN, FraudLabel
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig, probe_cases
 from streams.topics import PipelineTopics

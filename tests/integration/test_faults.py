@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from driftline.config import Settings
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import ServiceProcess, worker_process
-from driftline.producer import produce
-from driftline.stack import LocalStack
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import ServiceProcess, worker_process
+from driftline.tools.stack import LocalStack
+from driftline.tools.synthetic import produce
 from streams.generators import pipeline_history
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
@@ -230,7 +230,7 @@ def test_sigterm_while_learning_a_backlog_stops_within_30s_and_loses_nothing(set
 
 def test_sigterm_stops_the_api_and_the_retrainer_within_30s(case):
     """Every service stops on SIGTERM, promptly and cleanly (the worker: the test above)."""
-    from driftline.processes import api_process, retrainer_process
+    from driftline.tools.processes import api_process, retrainer_process
 
     s = case.settings.with_overrides(api_port=free_port(), retrainer_port=free_port())
     for start in (api_process, retrainer_process):
@@ -245,7 +245,7 @@ def test_sigterm_stops_the_api_and_the_retrainer_within_30s(case):
 def test_retrainer_killed_during_a_retrain(case):
     """kill -9 while a retrain waits for its labels; the next retrainer handles the trigger
     (it was not committed): one outcome for it, neither lost nor doubled."""
-    from driftline.processes import retrainer_process
+    from driftline.tools.processes import retrainer_process
     from online_models.lifecycle import send_control
     from streams.schemas import ControlEvent
 

@@ -11,7 +11,7 @@ import uuid
 import pytest
 import redis
 
-from driftline.stores import RedisKeys
+from driftline.adapters.stores import RedisKeys
 from streams.catalog.fraud import FRAUD, Transaction
 from streams.engine import FeatureEngine
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig, probe_cases

@@ -12,12 +12,12 @@ from collections import Counter
 import pytest
 import redis
 
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import worker_process
-from driftline.stores import RedisKeys
-from driftline.topic_reader import watermarks
-from driftline.vectors import collection_names
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.stores import RedisKeys
+from driftline.adapters.topic_reader import watermarks
+from driftline.adapters.vectors import collection_names
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import worker_process
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig

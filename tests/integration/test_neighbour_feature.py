@@ -10,9 +10,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from driftline.namespaces import scratch_namespace
-from driftline.stores import EmbeddingStore, RedisKeys, connect
-from driftline.vectors import EmbeddingSpace, VectorStore, ensure_collections
+from driftline.adapters.stores import EmbeddingStore, RedisKeys, connect
+from driftline.adapters.vectors import EmbeddingSpace, VectorStore, ensure_collections
+from driftline.tools.namespaces import scratch_namespace
 from monitoring import metrics as m
 from streams.catalog.fraud import FRAUD
 from streams.declarations import EmbeddingPolicy

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from driftline.replay import replay
+from driftline.tools.replay import replay
 from monitoring.logs import entity_ref
 from streams.catalog.fraud import FRAUD
 from streams.engine import FeatureEngine, LateEvent

@@ -11,8 +11,8 @@ import uuid
 import pytest
 import redis
 
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.stores import RedisKeys, SnapshotStore, connect
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.stores import RedisKeys, SnapshotStore, connect
 from online_models.spec import predict
 from streams.catalog.pricing import PRICING
 from streams.generators.pricing import PricingGenerator, PricingStreamConfig

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.processes import api_process, api_url, http_ok
-from driftline.stack import ensure_debian_binary, free_port
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.tools.processes import api_process, api_url, http_ok
+from driftline.tools.stack import ensure_debian_binary, free_port
 from monitoring.scrape import scrape
 from streams.generators.pricing import PricingGenerator, PricingStreamConfig
 from tests.integration.conftest import call, send, wait_for

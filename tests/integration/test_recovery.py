@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import worker_process
-from driftline.topic_reader import committed_offset
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.topic_reader import committed_offset
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import worker_process
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig

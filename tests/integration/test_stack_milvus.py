@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from driftline.vectors import blocking_client
+from driftline.adapters.vectors import blocking_client
 
 pytestmark = pytest.mark.integration
 

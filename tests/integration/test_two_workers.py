@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import scratch_namespace
-from driftline.processes import worker_process
-from driftline.producer import produce
-from driftline.topic_reader import read_topic
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.topic_reader import read_topic
+from driftline.tools.namespaces import scratch_namespace
+from driftline.tools.processes import worker_process
+from driftline.tools.synthetic import produce
 from streams.generators import pipeline_history
 from streams.pipelines import PIPELINES
 from tests.integration.conftest import free_port, learner_state, wait_for

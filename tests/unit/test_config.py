@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 from streams.topics import PipelineTopics
 
 

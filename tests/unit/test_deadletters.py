@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from driftline.deadletters import (
+from driftline.tools.deadletters import (
     Ledger,
     ReplayMark,
     Selection,

@@ -7,8 +7,8 @@ import faust
 import pytest
 
 from agents.pipeline import PipelineAgents
-from driftline.config import Settings
-from driftline.kafka_admin import (
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import (
     PipelinePartitions,
     TopicLayoutError,
     refuse_other_partitioning,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 from online_models.registry import Registry
 from online_models.retrainer import Retrainer
 from streams.schemas import ControlEvent

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from driftline.config import Settings
-from driftline.stores import ModelSnapshot
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import ModelSnapshot
 from online_models.spec import build_model, predict
 from serving.scoring import BREAKER_FAILURES, Caches, PipelineScorer, Unavailable
 from serving.traffic import TrafficSplit

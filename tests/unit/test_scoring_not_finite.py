@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 
-from driftline.stores import ModelSnapshot
+from driftline.adapters.stores import ModelSnapshot
 from serving.scoring import Unavailable
 from serving.traffic import TrafficSplit
 from streams.catalog.fraud import FRAUD

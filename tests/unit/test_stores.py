@@ -5,7 +5,7 @@ from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 from redis.exceptions import DataError
 
-from driftline.stores import _HiredisPacker
+from driftline.adapters.stores import _HiredisPacker
 
 REDIS_PY = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
 

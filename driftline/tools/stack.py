@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 
 POM = Path(__file__).resolve().parent.parent / "scripts" / "kafka" / "pom.xml"
 
@@ -131,7 +131,7 @@ class LocalStack:
     def _milvus_ready(self) -> bool:
         if not _port_open(self.s.milvus_port):
             return False
-        from driftline.vectors import blocking_client
+        from driftline.adapters.vectors import blocking_client
 
         try:
             client = blocking_client(self.s.with_overrides(milvus_timeout_seconds=3.0))

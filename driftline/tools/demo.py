@@ -19,13 +19,14 @@ import uuid
 
 import redis
 
-from driftline.config import Settings
-from driftline.kafka_admin import ensure_pipeline_topics
-from driftline.namespaces import remove_namespace
-from driftline.processes import api_process, retrainer_process, worker_process
-from driftline.producer import ProduceReport, kafka_producer, produce
-from driftline.stack import LocalStack
-from driftline.stores import RedisKeys
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.kafka_clients import kafka_producer
+from driftline.adapters.stores import RedisKeys
+from driftline.tools.namespaces import remove_namespace
+from driftline.tools.processes import api_process, retrainer_process, worker_process
+from driftline.tools.stack import LocalStack
+from driftline.tools.synthetic import ProduceReport, produce
 from monitoring.scrape import Scrape, scrape
 from streams.generators import pipeline_history
 from streams.generators.fraud import probe_cases
@@ -247,7 +248,7 @@ def _no_showcase(settings: Settings, api_url: str, run_id: str, pipeline: str) -
 def _lifecycle_report(settings: Settings, api_url: str, pipeline: str) -> bool:
     """The control topic's story (drift, retrains, promotions) and the registry; returns
     whether a retrain promoted a challenger."""
-    from driftline.topic_reader import read_topic
+    from driftline.adapters.topic_reader import read_topic
     from streams.schemas import ControlEvent, parse
 
     print(f"\n-- the model's life (<p>.control, GET /v1/models/{pipeline}) --", flush=True)

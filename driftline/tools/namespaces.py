@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from driftline.config import Settings
-from driftline.kafka_admin import delete_namespace_topics
-from driftline.stores import delete_namespace_keys
-from driftline.vectors import drop_namespace_collections
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import delete_namespace_topics
+from driftline.adapters.stores import delete_namespace_keys
+from driftline.adapters.vectors import drop_namespace_collections
 
 
 @contextlib.contextmanager

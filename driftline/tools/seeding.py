@@ -18,8 +18,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from driftline.config import Settings
-from driftline.stores import FeatureStore, RedisKeys, SnapshotStore, connect
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import FeatureStore, RedisKeys, SnapshotStore, connect
 from online_models.learner import OnlineLearner
 from online_models.spec import build_model, predict
 from streams.declarations import PipelineSpec

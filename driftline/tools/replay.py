@@ -7,8 +7,8 @@ the features that were served.
 
 from __future__ import annotations
 
-from driftline.config import Settings
-from driftline.topic_reader import read_topic
+from driftline.adapters.config import Settings
+from driftline.adapters.topic_reader import read_topic
 from streams.parity import ParityReport, compare, recompute
 from streams.pipelines import PIPELINES
 from streams.schemas import InvalidRecord, TrainingExample, parse

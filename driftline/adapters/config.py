@@ -46,7 +46,7 @@ class Settings:
     namespace: str = ""
     # Partitions of the keyed topics (events, labels, predictions, the join) of a pipeline
     # whose events and labels topics do not exist yet: existing ones keep their counts and
-    # the rest follow them (driftline.kafka_admin.PipelinePartitions). The training topic
+    # the rest follow them (driftline.adapters.kafka_admin.PipelinePartitions). The training topic
     # always has one, because one learner must see every label (DRIFTLINE_PARTITIONS).
     partitions: int = 4
     # The stream worker's HTTP address, which serves its /metrics (DRIFTLINE_WORKER_HOST,

@@ -30,8 +30,8 @@ from pymilvus import AsyncMilvusClient, DataType, MilvusClient
 from pymilvus.exceptions import ErrorCode, MilvusException
 from redis.exceptions import RedisError
 
-from driftline.config import Settings
-from driftline.stores import EmbeddingStore
+from driftline.adapters.config import Settings
+from driftline.adapters.stores import EmbeddingStore
 from monitoring import metrics as m
 from streams.declarations import PipelineSpec
 from streams.embeddings import EventEmbedder, Profile, neighbour_rate, policy_of

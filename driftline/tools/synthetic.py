@@ -11,9 +11,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import Producer
-
-from driftline.config import Settings
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_clients import kafka_producer
 from streams.generators.base import Emission
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
@@ -29,15 +28,6 @@ class ProduceReport:
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
-
-
-def kafka_producer(settings: Settings) -> Producer:
-    return Producer({
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "linger.ms": 5,
-        "enable.idempotence": True,
-        "compression.type": "lz4",
-    })
 
 
 def produce(settings: Settings, pipeline: str, emissions: Iterable[Emission], *,

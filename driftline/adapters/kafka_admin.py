@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 

@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 
 
 @dataclass

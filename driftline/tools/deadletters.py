@@ -41,10 +41,10 @@ from typing import Any, Literal, NamedTuple
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import NewTopic
 
-from driftline.config import Settings
-from driftline.kafka_admin import admin, partition_counts
-from driftline.producer import kafka_producer
-from driftline.topic_reader import read_range, read_topic, watermarks
+from driftline.adapters.config import Settings
+from driftline.adapters.kafka_admin import admin, partition_counts
+from driftline.adapters.kafka_clients import kafka_producer
+from driftline.adapters.topic_reader import read_range, read_topic, watermarks
 from streams.pipelines import PIPELINES
 from streams.schemas import DeadLetter, InvalidRecord, Record, parse
 from streams.topics import PipelineTopics

@@ -20,7 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import DataError
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 
 
 class PackedConnection(aioredis.Connection):

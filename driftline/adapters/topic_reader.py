@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
-from driftline.config import Settings
+from driftline.adapters.config import Settings
 
 
 @dataclass(frozen=True)
