@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from driftline.errors import Conflict, NotFound
+
 # Set before mlflow is imported, and each still overridable from the environment: services
 # send no usage telemetry, warn nothing where git is missing, print no run URLs to stdout
 # (with a server), and log MLflow's warnings and errors but not its INFO lines (database
@@ -180,7 +182,7 @@ class Registry:
     def promote(self, pipeline: str, version: int) -> ModelVersion:
         """Make ``version`` the champion, remembering the one it replaces for a rollback."""
         name = self.model_name(pipeline)
-        self._raw(pipeline, version)  # KeyError when unknown
+        self._raw(pipeline, version)  # NotFound when unknown
         current = self._champion_version(name)
         if current is not None and current != version:
             self.client.set_model_version_tag(name, str(version), _PREVIOUS, str(current))
@@ -193,14 +195,14 @@ class Registry:
         name = self.model_name(pipeline)
         current = self._champion_version(name)
         if current is None:
-            raise ValueError(f"{pipeline}: no champion to roll back from")
+            raise Conflict(f"{pipeline}: no champion to roll back from")
         mv = self._raw(pipeline, current)
         previous = mv.tags.get(_PREVIOUS)
         target = int(previous) if previous else self._convert(pipeline, mv).lineage.parent
         if target is None:
-            raise ValueError(f"{pipeline}: champion v{current} has no previous champion or "
+            raise Conflict(f"{pipeline}: champion v{current} has no previous champion or "
                              "parent to roll back to")
-        self._raw(pipeline, target)  # KeyError when it no longer exists
+        self._raw(pipeline, target)  # NotFound when it no longer exists
         self.client.set_registered_model_alias(name, CHAMPION, str(target))
         return self.get(pipeline, target)
 
@@ -209,7 +211,7 @@ class Registry:
         return None if version is None else self.get(pipeline, version)
 
     def get(self, pipeline: str, version: int) -> ModelVersion:
-        """Version ``version`` of ``pipeline``'s model; KeyError naming it when unknown."""
+        """Version ``version`` of ``pipeline``'s model; NotFound naming it when unknown."""
         return self._convert(pipeline, self._raw(pipeline, version))
 
     def versions(self, pipeline: str) -> list[ModelVersion]:
@@ -254,7 +256,7 @@ class Registry:
         mv = _tolerate("RESOURCE_DOES_NOT_EXIST", lambda: self.client.get_model_version(
             self.model_name(pipeline), str(version)))
         if mv is None:
-            raise KeyError(f"{pipeline}: no registry version {version}")
+            raise NotFound(f"{pipeline}: no registry version {version}", field="version")
         return mv
 
     def _champion_version(self, name: str) -> int | None:

@@ -13,6 +13,8 @@ import zlib
 
 from aiohttp import hdrs, web
 
+from serving.errors import Unreadable
+
 GZIP = 16 + zlib.MAX_WBITS
 CODINGS: dict[str, int | None] = {"identity": None, "gzip": GZIP, "x-gzip": GZIP,
                                   "deflate": zlib.MAX_WBITS}
@@ -24,7 +26,7 @@ async def read_body(request: web.Request) -> bytes:
     is broken."""
     coding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() or "identity"
     if coding not in CODINGS:
-        raise _unreadable("Content-Encoding", f"{coding!r} is not one of {', '.join(CODINGS)}")
+        raise Unreadable("Content-Encoding", f"{coding!r} is not one of {', '.join(CODINGS)}")
     raw = await request.read()  # 413 past the limit, compressed as it is
     wbits = CODINGS[coding]
     if wbits is None:
@@ -32,7 +34,7 @@ async def read_body(request: web.Request) -> bytes:
     try:
         return inflate(raw, wbits, request.client_max_size)
     except zlib.error as exc:
-        raise _unreadable("$", f"broken {coding} data ({exc})") from None
+        raise Unreadable("$", f"broken {coding} data ({exc})") from None
 
 
 def inflate(data: bytes, wbits: int, limit: int) -> bytes:
@@ -64,9 +66,3 @@ def inflate(data: bytes, wbits: int, limit: int) -> bytes:
             raise zlib.error("the compressed data ends early")
         data = member.unused_data
     return bytes(out)
-
-
-def _unreadable(field: str, reason: str) -> web.HTTPBadRequest:
-    exc = web.HTTPBadRequest(reason="unreadable request body")
-    exc.fields = {field: reason}
-    return exc

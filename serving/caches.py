@@ -26,7 +26,7 @@ from typing import Any
 
 from cachetools import LRUCache, TTLCache
 
-from monitoring import metrics as m
+from monitoring import metrics
 
 MISSING = None  # what get() returns on a miss; cached values are never None here
 
@@ -39,8 +39,8 @@ class CountingCache:
         self.enabled = size > 0 and (ttl is None or ttl > 0)
         self._cache = (TTLCache(size, ttl) if ttl is not None else LRUCache(size)) \
             if self.enabled else None
-        self._hits = m.CACHE_LOOKUPS.labels(name, "hit")
-        self._misses = m.CACHE_LOOKUPS.labels(name, "miss")
+        self._hits = metrics.CACHE_LOOKUPS.labels(cache=name, result="hit")
+        self._misses = metrics.CACHE_LOOKUPS.labels(cache=name, result="miss")
 
     def get(self, key: Hashable) -> Any:
         if self._cache is None:

@@ -41,7 +41,8 @@ from driftline.adapters.stores import (
     TrafficStore,
 )
 from driftline.adapters.vectors import EmbeddingSpace
-from monitoring import metrics as m
+from driftline.errors import Unavailable  # no answer: no features or model, no fallback
+from monitoring import metrics
 from monitoring.logs import entity_ref
 from online_models.explain import Contribution, contributions
 from online_models.learner import revision_of
@@ -66,11 +67,6 @@ WARN_EVERY = 10.0  # seconds between two log lines about the same outage
 # long collection and answered a whole second from the fallback.
 BREAKER_FAILURES = 3
 BREAKER_SECONDS = 1.0
-
-
-class Unavailable(Exception):
-    """No answer can be given: the features or the model are missing (or the model's score
-    is not finite) and the pipeline declares no fallback."""
 
 
 class NotFinite(ArithmeticError):
@@ -156,7 +152,7 @@ class PipelineScorer:
         swapped = await self.champion.refresh()
         snap = self.champion.current
         if swapped:
-            m.serving(self.name, "api", revision_of(snap.version),
+            metrics.serving(self.name, "api", revision_of(snap.version),
                       revision_of(before.version) if before else None)
         policy = self.spec.fallback
         if swapped and snap.fallback is not None and policy is not None \
@@ -257,8 +253,8 @@ class PipelineScorer:
             self._warn(f"the {variant} model {served.version} scores a non-finite number; "
                        f"the fallback answers")
             return self._fallback(event, "score_not_finite", explain)
-        m.API_SCORES.labels(self.name, variant, "ok").inc()
-        m.API_SCORE_VALUE.labels(self.name, variant).observe(value)
+        metrics.API_SCORES.labels(pipeline=self.name, variant=variant, outcome="ok").inc()
+        metrics.API_SCORE_VALUE.labels(pipeline=self.name, variant=variant).observe(value)
         if challenger is not None and split.mode == "shadow":
             self._shadow(event, entity, features, value, champion.version, challenger)
         return Score(self.spec.event_id_of(event), entity, value, served.version, variant,
@@ -271,9 +267,9 @@ class PipelineScorer:
         except NotFinite:  # nothing to compare, and nobody is answered by it
             self._warn(f"the shadow model {challenger.version} scores a non-finite number")
             return
-        m.API_SCORES.labels(self.name, "shadow", "ok").inc()
-        m.API_SCORE_VALUE.labels(self.name, "shadow").observe(value)
-        m.SHADOW_DIFFERENCE.labels(self.name).observe(abs(value - served))
+        metrics.API_SCORES.labels(pipeline=self.name, variant="shadow", outcome="ok").inc()
+        metrics.API_SCORE_VALUE.labels(pipeline=self.name, variant="shadow").observe(value)
+        metrics.SHADOW_DIFFERENCE.labels(pipeline=self.name).observe(abs(value - served))
         event_id = self.spec.event_id_of(event)
         shadow_log.info("shadow %s event=%s champion=%s:%.6g challenger=%s:%.6g",
                         self.name, event_id, served_version, served, challenger.version, value,
@@ -311,7 +307,7 @@ class PipelineScorer:
 
     def _fallback(self, event: Record, reason: str, explain: bool = True) -> Score:
         policy = self.spec.fallback
-        m.DEGRADED.labels(self.name, reason).inc()
+        metrics.DEGRADED.labels(pipeline=self.name, reason=reason).inc()
         if policy is None:
             raise Unavailable(f"{reason.replace('_', ' ')}, and {self.name} declares no "
                               f"fallback model")
@@ -327,7 +323,8 @@ class PipelineScorer:
             except NotFinite:
                 self._warn(f"the fallback model {self.fallback_version} scores a non-finite "
                            f"number; the prior answers")
-        m.API_SCORES.labels(self.name, "fallback", "degraded").inc()
+        metrics.API_SCORES.labels(pipeline=self.name, variant="fallback",
+                                    outcome="degraded").inc()
         return Score(self.spec.event_id_of(event), entity, value, version, "fallback",
                      features, explanation, None, degraded=True, degraded_reason=reason)
 

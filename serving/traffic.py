@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from driftline.adapters.config import Settings
 from driftline.adapters.stores import RedisKeys, TrafficStore, connect
+from driftline.errors import Invalid
+from streams.schemas import field_errors
 
 BUCKETS = 10_000  # percent resolution: 0.01
 
@@ -74,7 +76,7 @@ async def set_split(settings: Settings, registry: Any, pipeline: str, mode: str,
                     client: Any = None) -> TrafficSplit | None:
     """Serve registry version ``challenger`` of ``pipeline`` in ``mode`` (``split`` or
     ``shadow``), or end the split (``off``). Every API process picks it up within
-    ``DRIFTLINE_MODEL_REFRESH_SECONDS``. Raises ValueError naming a bad field, KeyError for
+    ``DRIFTLINE_MODEL_REFRESH_SECONDS``. Raises Invalid naming a bad field, NotFound for
     an unknown registry version."""
     own = client is None
     client = connect(settings) if own else client
@@ -87,8 +89,7 @@ async def set_split(settings: Settings, registry: Any, pipeline: str, mode: str,
             split = TrafficSplit(mode=mode, challenger=challenger, percent=percent,
                                  experiment=uuid.uuid4().hex[:12])
         except ValidationError as exc:
-            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc'])) or '$'}: {e['msg']}"
-                                       for e in exc.errors(include_url=False))) from None
+            raise Invalid(field_errors(exc)) from None
         model = await asyncio.to_thread(registry.load, pipeline, split.challenger)
         await store.set(split.model_dump(), model, split.version)
         return split

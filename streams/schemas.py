@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from driftline.errors import Invalid
+
 
 class Record(BaseModel):
     """Base of all contracts: immutable, strict, unknown fields ignored."""
@@ -96,12 +98,13 @@ class DeadLetter(Record):
     at: float
 
 
-class InvalidRecord(ValueError):
-    """A record failed validation; ``errors`` maps each bad field to its reason."""
+class InvalidRecord(Invalid):
+    """A record failed validation; ``errors`` (``fields``) maps each bad field to its
+    reason."""
 
     def __init__(self, errors: dict[str, str]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        super().__init__(errors)
+        self.errors = self.fields
 
 
 R = TypeVar("R", bound=Record)

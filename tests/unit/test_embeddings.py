@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from serving.similar import SimilarQuery
+from serving.schemas import SimilarQuery
 from streams.catalog.fraud import FRAUD
 from streams.catalog.pricing import PRICING
 from streams.declarations import EmbeddingPolicy

@@ -10,78 +10,81 @@ first (so the worker neither rebuilds the erased history nor writes its vectors 
 then deletes its features and window state in Redis and its event vectors and profile in
 Milvus. A batch the embedding agent was writing at that moment may land after these
 deletes; the agent erases the entity's vectors again on its next round (within
-``DRIFTLINE_VECTOR_FLUSH_SECONDS``). (It will need the admin role once the API has
-authentication.)
+``DRIFTLINE_VECTOR_FLUSH_SECONDS``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
-from pydantic import Field, model_validator
 
-from driftline.adapters.stores import EmbeddingStore, FeatureStore, RedisKeys
+from driftline.adapters.stores import EmbeddingStore, FeatureStore
 from driftline.adapters.vectors import STORE_ERRORS, EmbeddingSpace
-from monitoring import metrics as m
+from driftline.errors import Invalid, NotFound, Unavailable
+from monitoring import metrics
 from monitoring.logs import entity_ref
 from serving.bodies import read_body
-from serving.errors import error
+from serving.handlers.common import keys_of, pipeline_of
+from serving.keys import REDIS, SCORERS, SETTINGS, SPACES
+from serving.routing import Answer, Context, RouteTable
+from serving.schemas import Erased, SimilarCases, similar_query_model
 from streams.declarations import PipelineSpec
-from streams.schemas import InvalidRecord, Record, parse
+from streams.schemas import InvalidRecord, parse
 
 log = logging.getLogger(__name__)
 
-SPACES = web.AppKey("spaces", dict)
+ROUTES = RouteTable()
+WARMING_UP = "embeddings are warming up"
+ENTITY = {"name": "entity", "in": "path", "required": True, "description": "the entity's id",
+          "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
 
 
-class SimilarQuery(Record):
-    """The body of a similar-case query: exactly one of ``event`` and ``entity``."""
-
-    event: dict[str, Any] | None = None
-    entity: str | None = Field(default=None, min_length=1, max_length=128)
-    k: int = Field(default=10, ge=1, le=100)
-    kind: Literal["events", "entities"] = "events"
-    label: bool | None = None  # events only: keep only positive (or negative) cases
-
-    @model_validator(mode="after")
-    def _one_query(self) -> SimilarQuery:
-        if (self.event is None) == (self.entity is None):
-            raise ValueError("give exactly one of 'event' and 'entity'")
-        return self
-
-
-def _space_or_404(request: web.Request, pipeline: PipelineSpec) -> EmbeddingSpace:
+def _space_of(request: web.Request, pipeline: PipelineSpec) -> EmbeddingSpace:
     space = request.app[SPACES].get(pipeline.name)
     if space is None:
-        exc = web.HTTPNotFound(reason=f"pipeline {pipeline.name!r} declares no embeddings")
-        exc.fields = {"pipeline": "declares no embeddings"}
-        raise exc
+        raise NotFound(f"pipeline {pipeline.name!r} declares no embeddings",
+                       fields={"pipeline": "declares no embeddings"})
     return space
 
 
-async def similar(request: web.Request, pipeline: PipelineSpec, engine: Any, redis: Any,
-                  keys: RedisKeys) -> web.Response:
-    space = _space_or_404(request, pipeline)
+@ROUTES.post("/v1/similar/{pipeline}", role="scorer", tag="embeddings",
+             summary="The nearest labeled {pipeline} events, or entity profiles",
+             description="Give an event (embedded as the embedding agent embeds it) or a "
+                         "known entity (its profile); get the `k` nearest labeled events "
+                         "(`kind: events`, optionally only positive or negative ones with "
+                         "`label`) or entity profiles (`kind: entities`, for an entity only), "
+                         "nearest first.",
+             body=similar_query_model,
+             answers=[Answer(200, "The neighbours, nearest first.", SimilarCases)],
+             errors={404: "The entity has no profile (no labeled events).", 413: None,
+                     422: None,
+                     503: f"The embeddings are warming up (no frozen standardizer yet: the "
+                          f"error says `{WARMING_UP}`), or the vector store is unavailable."},
+             # routed for every pipeline, but a 404 for those without embeddings
+             exists_for=lambda spec: spec.embeddings is not None)
+async def similar_cases(request: web.Request) -> web.Response:
+    pipeline = pipeline_of(request)
+    space = _space_of(request, pipeline)
     try:
-        query = parse(SimilarQuery, await read_body(request))
+        model = similar_query_model(Context(request.app[SETTINGS], pipeline))
+        query = parse(model, await read_body(request))
     except InvalidRecord as exc:
-        return error(422, "invalid query", exc.errors)
-    try:
-        event = parse(pipeline.event_type, query.event) if query.event is not None else None
-    except InvalidRecord as exc:
-        return error(422, "invalid event", {f"event.{k}": v for k, v in exc.errors.items()})
+        raise Invalid(exc.fields, "invalid query") from None
+    event = query.event
     if event is not None and query.kind == "entities":
-        return error(422, "invalid query", {"kind": "an event is compared with events; "
-                                                    "ask with an entity for entities"})
+        raise Invalid({"kind": "an event is compared with events; ask with an entity for "
+                               "entities"}, "invalid query")
     try:
         embedder = await space.embedder()
         if embedder is None:
-            return error(503, "embeddings are warming up: the standardizer has not seen "
+            raise Unavailable(f"{WARMING_UP}: the standardizer has not seen "
                               f"{space.policy.fit_rows} labeled events yet")
         if event is not None:
-            _, state = await FeatureStore(redis, keys).get(pipeline.entity_of(event))
+            _, state = await FeatureStore(request.app[REDIS], keys_of(request, pipeline.name)
+                                          ).get(pipeline.entity_of(event))
+            engine = request.app[SCORERS][pipeline.name].engine
             vector = embedder.vector(engine.features_for(state, event))
             hits = await space.store.search_events(vector, query.k, label=query.label)
             about = {"event_id": pipeline.event_id_of(event),
@@ -89,8 +92,8 @@ async def similar(request: web.Request, pipeline: PipelineSpec, engine: Any, red
         else:
             profile = await space.store.profile(query.entity)
             if profile is None:
-                return error(404, f"no profile for entity {query.entity!r}",
-                             {"entity": "has no labeled events"})
+                raise NotFound(f"no profile for entity {query.entity!r}",
+                               fields={"entity": "has no labeled events"})
             vector, about = list(profile.vector), {"entity": query.entity}
             if query.kind == "entities":
                 hits = await space.store.search_entities(vector, query.k, exclude=query.entity)
@@ -99,7 +102,7 @@ async def similar(request: web.Request, pipeline: PipelineSpec, engine: Any, red
                                                        exclude_entity=query.entity)
     except STORE_ERRORS as exc:  # Milvus (or Redis) is down: not the caller's fault
         log.warning("similar-case search failed", exc_info=True)
-        return error(503, f"vector store unavailable: {exc}")
+        raise Unavailable(f"vector store unavailable: {exc}") from exc
     neighbours = [_event_hit(pipeline, h) if query.kind == "events" else _entity_hit(pipeline, h)
                   for h in hits]
     return web.json_response({"pipeline": pipeline.name, "kind": query.kind, "query": about,
@@ -124,11 +127,23 @@ def _entity_hit(pipeline: PipelineSpec, h: dict[str, Any]) -> dict[str, Any]:
             "events": h["events"], "updated": h["updated"]}
 
 
-async def forget_entity(request: web.Request, pipeline: PipelineSpec, redis: Any,
-                        keys: RedisKeys) -> web.Response:
+@ROUTES.delete("/v1/entities/{pipeline}/{entity}", role="admin", tag="embeddings",
+               summary="Erase a {pipeline} entity: its features, window state and vectors",
+               description="The erasure is recorded first, so that the worker neither "
+                           "rebuilds the erased history nor writes its vectors again. "
+                           "Erasing again is safe.",
+               parameters=(ENTITY,),
+               answers=[Answer(200, "Erased (counts are 0 for an unknown entity).", Erased)],
+               errors={422: "The entity id is longer than 128 characters.",
+                       503: "A store is unavailable; nothing is lost by retrying."})
+async def forget_entity(request: web.Request) -> web.Response:
+    pipeline = pipeline_of(request)
     entity = request.match_info["entity"]
     if len(entity) > 128:
-        return error(422, "invalid entity", {"entity": "at most 128 characters"})
+        raise Invalid({"entity": "at most 128 characters"}, "invalid entity")
+    # This process forgets the cached state now; the others within the cache's TTL.
+    request.app[SCORERS][pipeline.name].evict(entity)
+    redis, keys = request.app[REDIS], keys_of(request, pipeline.name)
     features = FeatureStore(redis, keys)
     space = request.app[SPACES].get(pipeline.name)
     deleted: dict[str, int] = {"features": 0, "event_vectors": 0, "entity_vectors": 0}
@@ -151,8 +166,8 @@ async def forget_entity(request: web.Request, pipeline: PipelineSpec, redis: Any
             await space.store.forget(entity, until)
     except STORE_ERRORS as exc:  # a store is down; erasing again is safe
         log.warning("erasing %s/%s failed", pipeline.name, entity_ref(entity), exc_info=True)
-        return error(503, f"store unavailable, nothing is lost by retrying: {exc}")
-    m.ENTITIES_FORGOTTEN.labels(pipeline.name).inc()
+        raise Unavailable(f"store unavailable, nothing is lost by retrying: {exc}") from exc
+    metrics.ENTITIES_FORGOTTEN.labels(pipeline=pipeline.name).inc()
     log.info("erased %s entity %s: %s", pipeline.name, entity_ref(entity), deleted)
     return web.json_response({"pipeline": pipeline.name, "entity": entity,
                               "deleted": deleted, "erased_until": until})
