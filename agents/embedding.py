@@ -39,7 +39,7 @@ from agents.training_log import TrainingLog
 from driftline.adapters.config import Settings
 from driftline.adapters.stores import EmbeddingStore
 from driftline.adapters.vectors import VectorStore, ensure_collections
-from monitoring import metrics as m
+from monitoring import metrics
 from streams.declarations import PipelineSpec
 from streams.embeddings import EventEmbedder, Profile
 from streams.schemas import InvalidRecord, TrainingExample
@@ -83,7 +83,7 @@ class EmbeddingAgent:
         self.spec = spec
         self.name = spec.name
         self.policy = spec.embeddings
-        self.s = settings
+        self.settings = settings
         self.store = store
         self.training_log = training_log
         self.redis = redis
@@ -108,7 +108,7 @@ class EmbeddingAgent:
 
     @functools.cached_property
     def vectors(self) -> VectorStore:
-        return VectorStore(self.s, self.spec)  # made on first use, inside the loop
+        return VectorStore(self.settings, self.spec)  # made on first use, inside the loop
 
     async def forget(self) -> None:
         """The training partition was revoked: resume from the checkpoint if it comes back."""
@@ -128,7 +128,7 @@ class EmbeddingAgent:
         if mode != self._mode:
             log.warning("%s: embedding %s", self.name, mode.replace("_", " "))
         self._mode = mode
-        m.VECTOR_WRITER_SUSPENDED.labels(self.name).set(int(mode == "suspended"))
+        metrics.VECTOR_WRITER_SUSPENDED.labels(pipeline=self.name).set(int(mode == "suspended"))
 
     # ---- applying examples ----------------------------------------------------------
 
@@ -169,8 +169,9 @@ class EmbeddingAgent:
                     return
                 await self.training_log.apply_in_order(
                     state, record, functools.partial(self._apply, state), reader="embed")
-                if (len(self.pending) >= self.s.vector_batch and not await self._flush_locked()
-                        and len(self.pending) >= 10 * self.s.vector_batch):
+                if (len(self.pending) >= self.settings.vector_batch
+                        and not await self._flush_locked()
+                        and len(self.pending) >= 10 * self.settings.vector_batch):
                     self._suspend("ten batches could not be written", offset)
             except Exception:  # noqa: BLE001 - Redis, Kafka or Milvus down: resume later
                 log.warning("%s: embedding failed", self.name, exc_info=True)
@@ -273,7 +274,7 @@ class EmbeddingAgent:
             self._set_mode("catching_up")
         if self._mode == "catching_up":
             await self._catch_up()
-        elif time.monotonic() - self._flushed_at >= self.s.vector_flush_seconds:
+        elif time.monotonic() - self._flushed_at >= self.settings.vector_flush_seconds:
             await self.flush()
 
     async def flush(self) -> bool:
@@ -297,17 +298,18 @@ class EmbeddingAgent:
             log.warning("%s: could not write %d vectors, will retry", self.name,
                         len(self.pending), exc_info=True)
             backlog = len(self.pending) + (len(state.warmup) if state else 0)
-            m.VECTOR_BACKLOG.labels(self.name).set(backlog)
+            metrics.VECTOR_BACKLOG.labels(pipeline=self.name).set(backlog)
             return False
         self.pending = []
         self._saved_offset = state.next_offset
-        m.VECTOR_BACKLOG.labels(self.name).set(len(state.warmup))
-        m.VECTOR_FLUSH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        metrics.VECTOR_BACKLOG.labels(pipeline=self.name).set(len(state.warmup))
+        metrics.VECTOR_FLUSH_SECONDS.labels(pipeline=self.name).observe(
+            time.perf_counter() - started)
         return True
 
     async def _ensure_collections(self) -> None:
         if not self._collections_ready:
-            await asyncio.to_thread(ensure_collections, self.s, self.spec)
+            await asyncio.to_thread(ensure_collections, self.settings, self.spec)
             self._collections_ready = True
 
     async def _apply_erasures(self) -> None:
@@ -357,8 +359,8 @@ class EmbeddingAgent:
         await self.vectors.upsert_profiles(changed)
         known.update(changed)
         self._unsealed += len(rows) + len(changed)
-        if self._unsealed >= self.s.vector_seal_rows:
+        if self._unsealed >= self.settings.vector_seal_rows:
             await self.vectors.seal()
             self._unsealed = 0
-        m.VECTORS_WRITTEN.labels(self.name, "events").inc(len(rows))
-        m.VECTORS_WRITTEN.labels(self.name, "entities").inc(len(changed))
+        metrics.VECTORS_WRITTEN.labels(pipeline=self.name, kind="events").inc(len(rows))
+        metrics.VECTORS_WRITTEN.labels(pipeline=self.name, kind="entities").inc(len(changed))

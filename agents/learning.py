@@ -145,15 +145,16 @@ class Learning:
         self._oldest_unpublished = None
 
     def _report_drift(self, learner: OnlineLearner) -> None:
-        for d in learner.pop_detections():
-            metrics.DRIFT_DETECTIONS.labels(pipeline=self.name, kind=d.kind).inc()
-            log.warning("%s: %s drift detected by %s at %s: %s", self.name, d.kind, d.detector,
-                        learner.version, d.evidence,
-                        extra={"model_version": learner.version, "drift": d.kind})
+        for detection in learner.pop_detections():
+            metrics.DRIFT_DETECTIONS.labels(pipeline=self.name, kind=detection.kind).inc()
+            log.warning("%s: %s drift detected by %s at %s: %s", self.name, detection.kind,
+                        detection.detector, learner.version, detection.evidence,
+                        extra={"model_version": learner.version, "drift": detection.kind})
             self.send_control(ControlEvent(
-                kind=f"{d.kind}_drift", pipeline=self.name, at=time.time(),
+                kind=f"{detection.kind}_drift", pipeline=self.name, at=time.time(),
                 model_version=learner.version, offset=learner.next_offset - 1,
-                reason=d.detector, evidence={"seen": d.seen, **d.evidence}))
+                reason=detection.detector,
+                evidence={"seen": detection.seen, **detection.evidence}))
 
     def send_control(self, event: ControlEvent) -> None:
         self.outputs.send(self.topics.control, self.name.encode(), event.to_json())

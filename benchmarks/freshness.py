@@ -126,7 +126,7 @@ def run(s: Settings, topics: PipelineTopics, pipeline: str, rate: float, seconds
     before = scrape(metrics_url)
     latencies.clear()
     report = produce(s, pipeline, only_events, speed=speed)
-    m = wait_processed(metrics_url, pipeline, events)
+    after = wait_processed(metrics_url, pipeline, events)
     time.sleep(1)
     stop.set()
     reader.join()
@@ -134,7 +134,7 @@ def run(s: Settings, topics: PipelineTopics, pipeline: str, rate: float, seconds
     name = "driftline_feature_freshness_seconds_bucket"
     buckets = sorted((float(lab["le"]), v - before.value(name, pipeline=pipeline,
                                                         le=lab["le"]))
-                     for lab, v in m.get(name, []) if lab["pipeline"] == pipeline)
+                     for lab, v in after.get(name, []) if lab["pipeline"] == pipeline)
     fresh = {q: histogram_quantile(q, buckets) for q in (0.5, 0.99)}
     base = {q: percentile(latencies, q) for q in (0.5, 0.99)}
     result = {
@@ -148,7 +148,7 @@ def run(s: Settings, topics: PipelineTopics, pipeline: str, rate: float, seconds
         "ratio_p50": round(fresh[0.5] / base[0.5], 2),
         "ratio_p99": round(fresh[0.99] / base[0.99], 2),
         "warm_labels": warm_labels,
-        "neighbour_searches": m.value("driftline_neighbour_lookups_total",
+        "neighbour_searches": after.value("driftline_neighbour_lookups_total",
                                       pipeline=pipeline, outcome="ok")
         - before.value("driftline_neighbour_lookups_total", pipeline=pipeline,
                        outcome="ok"),
@@ -183,10 +183,11 @@ def warm_up_learning(s: Settings, metrics_url: str, pipeline: str, labels: int,
 def wait_processed(metrics_url: str, pipeline: str, n: int, timeout: float = 120.0):
     deadline = time.monotonic() + timeout
     while True:
-        m = scrape(metrics_url)
-        done = m.value("driftline_events_total", pipeline=pipeline, kind="event", outcome="ok")
+        current = scrape(metrics_url)
+        done = current.value("driftline_events_total", pipeline=pipeline, kind="event",
+                             outcome="ok")
         if done >= n or time.monotonic() > deadline:
-            return m
+            return current
         time.sleep(0.5)
 
 

@@ -190,11 +190,11 @@ class LearnedSampler(threading.Thread):
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                m = scrape(self.url)
+                reading = scrape(self.url)
             except OSError:  # busy past the scrape's timeout: the next reading
                 continue
-            self.samples.append(
-                (time.time(), m.value("driftline_labels_learned_total", pipeline=self.pipeline)))
+            learned = reading.value("driftline_labels_learned_total", pipeline=self.pipeline)
+            self.samples.append((time.time(), learned))
             self.stopped.wait(self.every)
 
     def wait_for(self, labels: int, timeout: float) -> None:

@@ -134,31 +134,31 @@ class Services:
 
 
 def restart_store(name: str) -> Callable[[Services, float, threading.Event], str]:
-    def fault(sv: Services, down: float, stop: threading.Event) -> str:
-        pid = sv.stack.pid(name)
+    def fault(services: Services, down: float, stop: threading.Event) -> str:
+        pid = services.stack.pid(name)
         if pid is None:
             raise RuntimeError(f"{name} was not started by `driftline stack up`: not ours to stop")
-        sv.stack.down((name,))
+        services.stack.down((name,))
         stop.wait(down)
-        sv.stack.up(timeout=STACK_TIMEOUT, services=(name,))
-        return f"pid {pid} -> {sv.stack.pid(name)}"
+        services.stack.up(timeout=STACK_TIMEOUT, services=(name,))
+        return f"pid {pid} -> {services.stack.pid(name)}"
     return fault
 
 
-def kill_worker(sv: Services, down: float, stop: threading.Event) -> str:
-    pid = sv.worker.proc.pid
-    sv.worker.kill()
-    sv.worker.start(timeout=START_TIMEOUT)
-    return f"pid {pid} killed (SIGKILL), pid {sv.worker.proc.pid} ready"
+def kill_worker(services: Services, down: float, stop: threading.Event) -> str:
+    pid = services.worker.proc.pid
+    services.worker.kill()
+    services.worker.start(timeout=START_TIMEOUT)
+    return f"pid {pid} killed (SIGKILL), pid {services.worker.proc.pid} ready"
 
 
-def terminate_api(sv: Services, down: float, stop: threading.Event) -> str:
-    pid, began = sv.api.proc.pid, time.monotonic()
-    sv.api.stop(timeout=30.0)  # SIGTERM; SIGKILL after 30 s
-    took, code = time.monotonic() - began, sv.api.proc.returncode
-    sv.api.start(timeout=START_TIMEOUT)
+def terminate_api(services: Services, down: float, stop: threading.Event) -> str:
+    pid, began = services.api.proc.pid, time.monotonic()
+    services.api.stop(timeout=30.0)  # SIGTERM; SIGKILL after 30 s
+    took, code = time.monotonic() - began, services.api.proc.returncode
+    services.api.start(timeout=START_TIMEOUT)
     return (f"pid {pid} exited with {code} {took:.1f} s after SIGTERM, "
-            f"pid {sv.api.proc.pid} ready")
+            f"pid {services.api.proc.pid} ready")
 
 
 FAULTS: dict[str, Callable[[Services, float, threading.Event], str]] = {
@@ -176,7 +176,7 @@ def restore(stack: LocalStack) -> None:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     said = io.StringIO()
     try:
-        LocalStack(stack.s, out=said).up(timeout=STACK_TIMEOUT)
+        LocalStack(stack.settings, out=said).up(timeout=STACK_TIMEOUT)
     except Exception:
         print("the local stack is NOT all up: run `driftline stack up`", flush=True)
         raise
@@ -204,9 +204,9 @@ class LatencyProbe(threading.Thread):
     """Scores one event through the API every ``every`` seconds, in a thread: latency of
     each answer, and each failure by kind."""
 
-    def __init__(self, sv: Services, settings: Settings, token: str, every: float) -> None:
+    def __init__(self, services: Services, settings: Settings, token: str, every: float) -> None:
         super().__init__(daemon=True)
-        self.sv, self.every = sv, every
+        self.services, self.every = services, every
         self.url = f"{api_url(settings)}/v1/score/{PIPELINE}"
         self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
         self.samples: list[dict] = []  # t, status (0: no answer), seconds, degraded, error
@@ -223,7 +223,7 @@ class LatencyProbe(threading.Thread):
                  "merchant_id": "m0007", "amount": 25.0, "ts": round(time.time(), 3)}
         req = urllib.request.Request(self.url, data=json.dumps(event).encode(),
                                      headers=self.headers, method="POST")
-        t, began = self.sv.now(), time.perf_counter()
+        t, began = self.services.now(), time.perf_counter()
         sample = {"t": round(t, 2), "status": 0, "degraded": None, "error": None}
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
@@ -236,7 +236,7 @@ class LatencyProbe(threading.Thread):
         except (OSError, ValueError) as exc:  # refused, reset, timed out; not JSON
             sample["error"] = f"{type(exc).__name__}: {exc}"[:200]
         sample["seconds"] = time.perf_counter() - began
-        sample["until"] = round(self.sv.now(), 2)
+        sample["until"] = round(self.services.now(), 2)
         return sample
 
     def stop(self) -> None:
@@ -250,7 +250,7 @@ class LatencyProbe(threading.Thread):
         answered = [s for s in self.samples if 200 <= s["status"] < 300]
         failed = [s for s in self.samples if not 200 <= s["status"] < 300]
         for s in failed:
-            s["during"] = self.sv.fault_at(s["t"]) or self.sv.fault_at(s["until"])
+            s["during"] = self.services.fault_at(s["t"]) or self.services.fault_at(s["until"])
 
         def by(kind: Callable[[dict], bool]) -> dict:
             chosen = [s for s in failed if kind(s)]
@@ -304,7 +304,7 @@ class Producer(threading.Thread):
 class Soak:
     args: argparse.Namespace
     settings: Settings
-    sv: Services
+    services: Services
     producer: Producer
     probe: LatencyProbe
     stop: threading.Event
@@ -313,23 +313,23 @@ class Soak:
     exits: list[dict] = field(default_factory=list)  # processes that exited by themselves
 
     def sample_memory(self, moment: str) -> None:
-        row = {"t": round(self.sv.now(), 1), "moment": moment,
-               "worker": rss(self.sv.worker), "api": rss(self.sv.api)}
+        row = {"t": round(self.services.now(), 1), "moment": moment,
+               "worker": rss(self.services.worker), "api": rss(self.services.api)}
         self.memory.append(row)
         print(f"  {clock(row['t'])}  memory {moment}: worker {mb(row['worker'])}, "
               f"api {mb(row['api'])}", flush=True)
 
     def apply(self, name: str, planned: float) -> None:
         self.sample_memory(f"before {name}")
-        began = self.sv.now()
+        began = self.services.now()
         print(f"  {clock(began)}  fault {name} ...", flush=True)
         row = {"fault": name, "planned_s": round(planned, 1), "at_s": round(began, 1)}
         try:
-            row["outcome"] = FAULTS[name](self.sv, self.args.down, self.stop)
+            row["outcome"] = FAULTS[name](self.services, self.args.down, self.stop)
         except Exception as exc:  # noqa: BLE001 - a failed fault is a finding, not the end
             row["error"] = f"{type(exc).__name__}: {exc}"
-        ended = self.sv.now()
-        self.sv.windows.append((name, began, ended))
+        ended = self.services.now()
+        self.services.windows.append((name, began, ended))
         row["seconds"] = round(ended - began, 1)
         self.faults.append(row)
         print(f"  {clock(ended)}  fault {name} done in {row['seconds']} s: "
@@ -338,11 +338,11 @@ class Soak:
 
     def watch(self) -> None:
         """Start again a worker or API that exited by itself (not by a fault of ours)."""
-        for proc in (self.sv.worker, self.sv.api):
+        for proc in (self.services.worker, self.services.api):
             code = proc.proc.poll()
             if code is None:
                 continue
-            t = self.sv.now()
+            t = self.services.now()
             row = {"process": proc.name, "t": round(t, 1), "code": code}
             print(f"  {clock(t)}  the {proc.name} exited by itself with {code}: starting it "
                   f"again (see {proc.log_path})", flush=True)
@@ -362,14 +362,14 @@ class Soak:
         names = self.args.faults
         if self.stop.is_set():
             raise Interrupted
-        self.sv.start_clock()
+        self.services.start_clock()
         self.producer.start()
         self.probe.start()
         warmed, shown = False, 0.0
         while self.producer.is_alive():
             if self.stop.wait(0.5):
                 raise Interrupted
-            t = self.sv.now()
+            t = self.services.now()
             self.watch()
             if not warmed and t >= warm:
                 self.sample_memory("after warm-up")
@@ -382,13 +382,13 @@ class Soak:
         if self.stop.is_set():  # the producer stopped for it
             raise Interrupted
         if self.producer.error is not None:
-            print(f"  {clock(self.sv.now())}  the producer failed: {self.producer.error!r}",
+            print(f"  {clock(self.services.now())}  the producer failed: {self.producer.error!r}",
                   flush=True)
         self.probe.stop()
 
     def progress(self) -> None:
         learned = self.learned()
-        print(f"  {clock(self.sv.now())}  produced {self.producer.report.events} events, "
+        print(f"  {clock(self.services.now())}  produced {self.producer.report.events} events, "
               f"{self.producer.report.labels} labels; learned "
               f"{'-' if learned is None else learned}; API probes {len(self.probe.samples)}",
               flush=True)
@@ -479,30 +479,30 @@ def in_value(_: bytes, value: bytes) -> str | None:
     return json.loads(value).get("event_id")
 
 
-def repeats(sv: Services, found: dict[str, list[float]]) -> dict:
+def repeats(services: Services, found: dict[str, list[float]]) -> dict:
     """Records beyond the first of an event id, by the fault whose aftermath they were
     written in; ``same_timestamp``: a copy stamped as its first (the same record sent
     again) rather than written anew (the event handled again)."""
     extra = [(ts[0], later) for ts in found.values() if len(ts) > 1 for later in ts[1:]]
     return {"count": len(extra),
-            "by_fault": dict(Counter(sv.aftermath(t) for _, t in extra)),
+            "by_fault": dict(Counter(services.aftermath(t) for _, t in extra)),
             "same_timestamp": sum(first == t for first, t in extra),
             "ms_after_first": milliseconds([abs(t - first) for first, t in extra])}
 
 
-def missing(sv: Services, settings: Settings, topic: str, ids: set[str]) -> dict:
+def missing(services: Services, settings: Settings, topic: str, ids: set[str]) -> dict:
     """Event ids absent from an output, by the fault after which their input (an event
     or a label, read from ``topic``) was produced."""
     if not ids:
         return {"count": 0, "by_fault": {}}
     times = {i: ts[0] for i, ts in copies(settings, topic, in_value).items() if i in ids}
-    return {"count": len(ids), "by_fault": dict(Counter(sv.aftermath(t)
+    return {"count": len(ids), "by_fault": dict(Counter(services.aftermath(t)
                                                          for t in times.values())),
             "examples": sorted(ids)[:5]}
 
 
 def account(settings: Settings, topics: PipelineTopics, producer: Producer,
-            sv: Services) -> dict:
+            services: Services) -> dict:
     """Every event and label, from the topics and the learner's status in Redis; what
     is missing or repeated, by the fault it followed."""
     produced = producer.event_ids
@@ -525,11 +525,11 @@ def account(settings: Settings, topics: PipelineTopics, producer: Producer,
             "training_log_ids": len(trained.keys() & produced),
             "training_log_records": sum(len(ts) for ts in trained.values()),
             "where": {
-                "predictions_repeated": repeats(sv, predicted),
-                "training_records_repeated": repeats(sv, trained),
-                "events_not_predicted": missing(sv, settings, topics.events,
+                "predictions_repeated": repeats(services, predicted),
+                "training_records_repeated": repeats(services, trained),
+                "events_not_predicted": missing(services, settings, topics.events,
                                                 produced - predicted.keys()),
-                "labels_not_in_training_log": missing(sv, settings, topics.labels,
+                "labels_not_in_training_log": missing(services, settings, topics.labels,
                                                       produced - trained.keys())}}
 
 
@@ -609,9 +609,9 @@ def run(base: Settings, args: argparse.Namespace, stop: threading.Event) -> dict
         api = api_process(s, logs)
         cleanup.callback(api.stop)
         api.start(timeout=START_TIMEOUT)
-        sv = Services(stack, worker, api)
+        services = Services(stack, worker, api)
         producer = Producer(s, int(args.minutes * 60 * args.rate), args.rate, args.seed, stop)
-        probe = LatencyProbe(sv, s, token, args.probe_every)
+        probe = LatencyProbe(services, s, token, args.probe_every)
         cleanup.callback(probe.stop)
 
         def stop_producing() -> None:
@@ -621,19 +621,19 @@ def run(base: Settings, args: argparse.Namespace, stop: threading.Event) -> dict
 
         cleanup.callback(stop_producing)
         cleanup.callback(restore, stack)  # the first to run on the way out
-        soak = Soak(args, s, sv, producer, probe, stop)
+        soak = Soak(args, s, services, producer, probe, stop)
         print(f"namespace {s.namespace}; logs in {logs}; {producer.speed:.0f}x event time",
               flush=True)
         soak.stream()
         restore(stack)  # no-op unless a fault's restart failed
-        produced_at = sv.now()
+        produced_at = services.now()
         print(f"  {clock(produced_at)}  produced {producer.report.events} events and "
               f"{producer.report.labels} labels in {producer.report.seconds:.0f} s; waiting "
               f"for the tail (at most {args.drain:.0f} s)", flush=True)
         drained = soak.drain()
         soak.sample_memory("at the end")
         end_lag = {"committed": settled_lag(s, topics), "gauge": lag(s)}
-        acc = account(s, topics, producer, sv)
+        acc = account(s, topics, producer, services)
         api_figures = probe.summary()
         problems = mismatches(acc, end_lag, api_figures, soak.exits, soak.faults, producer)
         return {"namespace": s.namespace, "speed": round(producer.speed, 1),

@@ -156,13 +156,13 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
             if args.version is None:
                 print("error: promote needs a version", file=sys.stderr)
                 return 2
-            mv = lifecycle.promote(settings, registry, args.pipeline, args.version)
+            champion = lifecycle.promote(settings, registry, args.pipeline, args.version)
         else:
-            mv = lifecycle.rollback(settings, registry, args.pipeline)
+            champion = lifecycle.rollback(settings, registry, args.pipeline)
     except (KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.pipeline}: champion is now v{mv.version}; the learner swaps it in")
+    print(f"{args.pipeline}: champion is now v{champion.version}; the learner swaps it in")
     return 0
 
 

@@ -1,8 +1,8 @@
 """Every Prometheus metric Driftline exports, defined once.
 
 Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms); each
-carries the pipeline as a label. The table in ARCHITECTURE.md lists them with their
-meaning.
+carries the pipeline as a label. docs/operations.md lists them with their meaning, and
+ARCHITECTURE.md indexes them by stage (a unit test checks that every one is there).
 """
 
 from __future__ import annotations
@@ -212,8 +212,8 @@ def serving(pipeline: str, process: str, revision: str, before: str | None) -> N
     """Record that ``process`` now serves ``revision`` of ``pipeline`` (one series per
     revision, not per snapshot: the label set stays small)."""
     if before is not None and before != revision:
-        MODEL_VERSION.labels(pipeline, process, before).set(0)
-    MODEL_VERSION.labels(pipeline, process, revision).set(1)
+        MODEL_VERSION.labels(pipeline=pipeline, process=process, revision=before).set(0)
+    MODEL_VERSION.labels(pipeline=pipeline, process=process, revision=revision).set(1)
 
 
 class HitRatios:

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, TopicPartition
 from driftline.adapters.config import Settings
 from driftline.adapters.stores import RedisKeys, SnapshotStore, connect
 from driftline.adapters.topic_reader import read_range
-from monitoring import metrics as m
+from monitoring import metrics
 from monitoring.logs import annotate, bound
 from online_models import lifecycle
 from online_models.registry import Lineage, Registry
@@ -58,7 +58,7 @@ class _PipelineState:
 class Retrainer:
     def __init__(self, settings: Settings, pipelines: list[str],
                  registry: Registry | None = None) -> None:
-        self.s = settings
+        self.settings = settings
         self.registry = registry or Registry.from_settings(settings)
         self.state = {name: _PipelineState(PIPELINES[name],
                                            PipelineTopics.for_spec(PIPELINES[name],
@@ -67,7 +67,7 @@ class Retrainer:
         self._by_topic = {st.topics.control: name for name, st in self.state.items()}
         for name in pipelines:  # at 0 from the start: increase() misses a series' first count
             for outcome in RETRAIN_OUTCOMES:
-                m.RETRAINS.labels(name, outcome)
+                metrics.RETRAINS.labels(pipeline=name, outcome=outcome)
         self.stop = threading.Event()
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -142,11 +142,11 @@ class Retrainer:
             self._retrain(st, ev, manual)
         except Exception as exc:  # noqa: BLE001 - report it and wait for the next trigger
             log.exception("%s: retrain failed", pipeline)
-            m.RETRAINS.labels(pipeline, "failed").inc()
+            metrics.RETRAINS.labels(pipeline=pipeline, outcome="failed").inc()
             self._tell(ControlEvent(
                 kind="retrain_rejected", pipeline=pipeline, at=time.time(), reason="failed",
                 offset=ev.offset, evidence={"error": repr(exc), "trigger": ev.kind}))
-        m.RETRAIN_SECONDS.labels(pipeline).observe(time.perf_counter() - started)
+        metrics.RETRAIN_SECONDS.labels(pipeline=pipeline).observe(time.perf_counter() - started)
 
     def _retrain(self, st: _PipelineState, ev: ControlEvent, manual: bool) -> None:
         spec, policy = st.spec, st.spec.retrain
@@ -154,14 +154,14 @@ class Retrainer:
         need = 0 if manual or ev.offset is None else ev.offset + 1 + policy.min_after_drift
         high = self._wait_for_offset(training, need)
         if high < need:
-            m.RETRAINS.labels(spec.name, "skipped_timeout").inc()
+            metrics.RETRAINS.labels(pipeline=spec.name, outcome="skipped_timeout").inc()
             self._tell(ControlEvent(
                 kind="retrain_skipped", pipeline=spec.name, at=time.time(), reason="timeout",
                 offset=ev.offset, evidence={"trigger": ev.kind, "needed_offset": need,
                                             "reached": high}))
             return
         # A little more than the window: the join may have written an example twice.
-        records = read_range(self.s, training, 0, max(0, high - int(policy.window * 1.05)),
+        records = read_range(self.settings, training, 0, max(0, high - int(policy.window * 1.05)),
                              high)
         examples, offset_of = [], {}
         for rec in records:
@@ -183,7 +183,7 @@ class Retrainer:
                     outcome.champion[outcome.metric],
                     "promote" if outcome.promote else "reject")
         if not outcome.promote:
-            m.RETRAINS.labels(spec.name, "rejected").inc()
+            metrics.RETRAINS.labels(pipeline=spec.name, outcome="rejected").inc()
             self._tell(ControlEvent(
                 kind="retrain_rejected", pipeline=spec.name, at=time.time(),
                 model_version=ev.model_version, offset=st.covered_until,
@@ -197,22 +197,23 @@ class Retrainer:
             start_time=min(e.event_time for e in window),
             end_time=max(e.event_time for e in window),
             examples=len(window), parent=parent.version)
-        metrics = {**outcome.challenger,
-                   **{f"champion_{k}": v for k, v in outcome.champion.items()}}
-        mv = self.registry.register(spec.name, outcome.challenger_model, lineage, metrics)
-        lifecycle.promote(self.s, self.registry, spec.name, mv.version, reason=lineage.reason,
-                          evidence=evidence)
-        m.RETRAINS.labels(spec.name, "promoted").inc()
-        log.warning("%s: promoted registry version %d (parent %d)", spec.name, mv.version,
+        scores = {**outcome.challenger,
+                  **{f"champion_{k}": v for k, v in outcome.champion.items()}}
+        registered = self.registry.register(spec.name, outcome.challenger_model, lineage,
+                                            scores)
+        lifecycle.promote(self.settings, self.registry, spec.name, registered.version,
+                          reason=lineage.reason, evidence=evidence)
+        metrics.RETRAINS.labels(pipeline=spec.name, outcome="promoted").inc()
+        log.warning("%s: promoted registry version %d (parent %d)", spec.name, registered.version,
                     parent.version)
 
     def _register_bootstrap(self, st: _PipelineState, outcome: RetrainOutcome):
         """Before the first promotion, register the online model serving now, so that the
         challenger has a parent to roll back to."""
         async def load():
-            client = connect(self.s)
+            client = connect(self.settings)
             try:
-                return await SnapshotStore(client, RedisKeys(self.s.redis_prefix,
+                return await SnapshotStore(client, RedisKeys(self.settings.redis_prefix,
                                                              st.spec.name)).load()
             finally:
                 await client.aclose()
@@ -225,13 +226,13 @@ class Retrainer:
                           declaration=st.spec.describe(), topic=st.topics.training,
                           start_offset=None, end_offset=None, start_time=None, end_time=None,
                           examples=0, parent=None)
-        mv = self.registry.register(st.spec.name, snap.model, lineage, outcome.champion)
-        return self.registry.promote(st.spec.name, mv.version)
+        bootstrap = self.registry.register(st.spec.name, snap.model, lineage, outcome.champion)
+        return self.registry.promote(st.spec.name, bootstrap.version)
 
     def _wait_for_offset(self, topic: str, need: int, timeout: float = 600.0) -> int:
         """The training topic's end once it is past ``need``; what it reached after
         ``timeout``, or when the process is stopping."""
-        probe = Consumer({"bootstrap.servers": self.s.kafka_bootstrap,
+        probe = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
                           "group.id": f"driftline-probe-{uuid.uuid4().hex}"})
         deadline = time.monotonic() + timeout
         try:
@@ -244,7 +245,7 @@ class Retrainer:
             probe.close()
 
     def _skip(self, st: _PipelineState, ev: ControlEvent, why: str, evidence: dict) -> None:
-        m.RETRAINS.labels(st.spec.name, f"skipped_{why}").inc()
+        metrics.RETRAINS.labels(pipeline=st.spec.name, outcome=f"skipped_{why}").inc()
         log.info("%s: %s ignored (%s)", st.spec.name, ev.kind, why)
         self._tell(ControlEvent(
             kind="retrain_skipped", pipeline=st.spec.name, at=time.time(), reason=why,
@@ -255,7 +256,7 @@ class Retrainer:
     def _tell(self, event: ControlEvent) -> None:
         """Publish an outcome; a Kafka hiccup is logged, it does not stop the retrainer."""
         try:
-            lifecycle.send_control(self.s, event)
+            lifecycle.send_control(self.settings, event)
         except Exception:  # noqa: BLE001
             log.exception("%s: could not publish %s", event.pipeline, event.kind)
 

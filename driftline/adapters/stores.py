@@ -124,7 +124,7 @@ class FeatureStore:
     """
 
     def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
-        self.r = client
+        self.redis = client
         self.keys = keys
         self._put_many: Any = None  # the script, registered on first use
 
@@ -152,24 +152,24 @@ class FeatureStore:
             args += ("_event_time", repr(event_time), "_state", orjson.dumps(state),
                      "_written_at", written_at)
         if self._put_many is None:
-            self._put_many = self.r.register_script(self._PUT_MANY)
+            self._put_many = self.redis.register_script(self._PUT_MANY)
         await self._put_many(keys=keys, args=args)
 
     async def delete(self, entity: str) -> bool:
         """Erase the entity's features and window state; whether there were any."""
-        return bool(await self.r.delete(self.keys.features(entity)))
+        return bool(await self.redis.delete(self.keys.features(entity)))
 
     async def states_json(self, entities: list[str]) -> list[bytes | None]:
         """Each entity's window state as stored (JSON; None when unknown), in one round
         trip."""
-        async with self.r.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             for entity in entities:
                 pipe.hget(self.keys.features(entity), "_state")
             return await pipe.execute()
 
     async def get(self, entity: str) -> tuple[dict[str, float], dict[str, Any] | None]:
         """The entity's latest features and window state (``{}, None`` when unknown)."""
-        raw = await self.r.hgetall(self.keys.features(entity))
+        raw = await self.redis.hgetall(self.keys.features(entity))
         if not raw:
             return {}, None
         features: dict[str, float] = {}
@@ -219,7 +219,7 @@ class SnapshotStore:
     learner's checkpoint; with ``key=keys.challenger``, the challenger of a traffic split."""
 
     def __init__(self, client: aioredis.Redis, keys: RedisKeys, key: str | None = None) -> None:
-        self.r = client
+        self.redis = client
         self.keys = keys
         self.key = key or keys.model
         self.published: dict[str, Any] = {}  # the fields last published from here
@@ -242,9 +242,9 @@ class SnapshotStore:
             mapping["oldest_label_at"] = repr(oldest_label_at)
         if only_if_absent:
             # HSETNX on the version claims the key; the losers of a race write nothing.
-            if not await self.r.hsetnx(self.key, "version", version):
+            if not await self.redis.hsetnx(self.key, "version", version):
                 return False
-        await self.r.hset(self.key, mapping=mapping)
+        await self.redis.hset(self.key, mapping=mapping)
         self.published = mapping
         return True
 
@@ -257,29 +257,29 @@ class SnapshotStore:
         windows): heavier than the model, so written on a cadence of its own. After a
         crash the learner resumes from it and learns again, from the training log, what
         came after; the served model may be ahead of it meanwhile, never behind for long."""
-        await self.r.hset(self.keys.checkpoint,
+        await self.redis.hset(self.keys.checkpoint,
                           mapping={"state": pickle.dumps(learner), "version": version})
 
     async def load_checkpoint(self) -> Any:
         """The learner as last checkpointed, or None."""
-        blob = await self.r.hget(self.keys.checkpoint, "state")
+        blob = await self.redis.hget(self.keys.checkpoint, "state")
         return pickle.loads(blob) if blob is not None else None
 
     async def snapshot_id(self) -> str | None:
         """The published snapshot's unique id (its version, for one published before ids)."""
-        found, version = await self.r.hmget(self.key, ["id", "version"])
+        found, version = await self.redis.hmget(self.key, ["id", "version"])
         value = found if found is not None else version
         return value.decode() if value is not None else None
 
     async def load(self) -> ModelSnapshot | None:
-        values = await self.r.hmget(self.key, SNAPSHOT_FIELDS)
+        values = await self.redis.hmget(self.key, SNAPSHOT_FIELDS)
         found = {k: v for k, v in zip(SNAPSHOT_FIELDS, values, strict=True) if v is not None}
         if "blob" not in found or "version" not in found:
             return None
         return _snapshot(found)
 
     async def delete(self) -> None:
-        await self.r.delete(self.key)
+        await self.redis.delete(self.key)
 
 
 class EmbeddingStore:
@@ -287,27 +287,27 @@ class EmbeddingStore:
     and the API, and the register of erased entities."""
 
     def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
-        self.r = client
+        self.redis = client
         self.keys = keys
 
     async def save(self, checkpoint: Any, embedder: Any | None) -> None:
         mapping = {"checkpoint": pickle.dumps(checkpoint)}
         if embedder is not None:
             mapping["embedder"] = pickle.dumps(embedder)
-        await self.r.hset(self.keys.embedding, mapping=mapping)
+        await self.redis.hset(self.keys.embedding, mapping=mapping)
 
     async def checkpoint(self) -> Any:
-        blob = await self.r.hget(self.keys.embedding, "checkpoint")
+        blob = await self.redis.hget(self.keys.embedding, "checkpoint")
         return pickle.loads(blob) if blob is not None else None
 
     async def embedder(self) -> Any:
         """The frozen embedder, or None while the agent is still fitting it."""
-        blob = await self.r.hget(self.keys.embedding, "embedder")
+        blob = await self.redis.hget(self.keys.embedding, "embedder")
         return pickle.loads(blob) if blob is not None else None
 
     async def forget(self, entity: str, until: float) -> None:
         """Record that ``entity``'s data up to event time ``until`` is erased."""
-        await self.r.hset(self.keys.forgotten, entity, repr(until))
+        await self.redis.hset(self.keys.forgotten, entity, repr(until))
 
     async def forgotten_until(self, entity: str) -> float | None:
         """The event time up to which ``entity``'s data is erased, if it was."""
@@ -318,11 +318,11 @@ class EmbeddingStore:
         data is erased, in one round trip."""
         if not entities:
             return {}
-        values = await self.r.hmget(self.keys.forgotten, entities)
+        values = await self.redis.hmget(self.keys.forgotten, entities)
         return {e: float(v) for e, v in zip(entities, values, strict=True) if v is not None}
 
     async def forgotten(self) -> dict[str, float]:
-        raw = await self.r.hgetall(self.keys.forgotten)
+        raw = await self.redis.hgetall(self.keys.forgotten)
         return {k.decode(): float(v) for k, v in raw.items()}
 
 
@@ -330,22 +330,22 @@ class TrafficStore:
     """The traffic split of a pipeline (its JSON) and the challenger's snapshot."""
 
     def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
-        self.r = client
+        self.redis = client
         self.keys = keys
         self.challenger = SnapshotStore(client, keys, key=keys.challenger)
 
     async def set(self, split: dict[str, Any], model: Any, version: str) -> None:
         """Publish ``model`` as the challenger, then the split that serves it."""
         await self.challenger.publish(model, version)
-        await self.r.set(self.keys.traffic, json.dumps(split))
+        await self.redis.set(self.keys.traffic, json.dumps(split))
 
     async def get(self) -> dict[str, Any] | None:
-        raw = await self.r.get(self.keys.traffic)
+        raw = await self.redis.get(self.keys.traffic)
         return json.loads(raw) if raw is not None else None
 
     async def clear(self) -> bool:
         """End the split (the champion serves everything); whether there was one."""
-        ended = bool(await self.r.delete(self.keys.traffic))
+        ended = bool(await self.redis.delete(self.keys.traffic))
         await self.challenger.delete()
         return ended
 

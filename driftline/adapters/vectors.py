@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from driftline.adapters.config import Settings
 from driftline.adapters.stores import EmbeddingStore
-from monitoring import metrics as m
+from monitoring import metrics
 from streams.declarations import PipelineSpec
 from streams.embeddings import EventEmbedder, Profile, neighbour_rate, policy_of
 
@@ -358,7 +358,8 @@ class EmbeddingSpace:
         except Exception:  # noqa: BLE001 - Milvus or Redis is down: score without it
             log.warning("%s: neighbour search failed", self.spec.name, exc_info=True)
             outcome = "error"
-        m.NEIGHBOUR_LOOKUPS.labels(self.spec.name, self.process, outcome).inc(len(batch))
+        metrics.NEIGHBOUR_LOOKUPS.labels(pipeline=self.spec.name, process=self.process,
+                                         outcome=outcome).inc(len(batch))
 
     async def close(self) -> None:
         await self.store.close()

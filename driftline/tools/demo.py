@@ -176,10 +176,11 @@ def _fraud_showcase(settings: Settings, api_url: str, run_id: str, pipeline: str
     for name, case in cases.items():
         body = _post(f"{api_url}/v1/score/{pipeline}", case.probe.model_dump())
         scores[name] = body["probability"]
-        served[name] = f = body["features"]
+        served[name] = features = body["features"]
         print(f"{name:>13}: probability {body['probability']:.3f} (model {body['model_version']};"
-              f" amount {f['amount']:.2f}, {f['count_1m']:.0f} txns in the last minute, "
-              f"{f['distinct_merchants_10m']:.0f} merchants in 10 min)", flush=True)
+              f" amount {features['amount']:.2f}, {features['count_1m']:.0f} txns in the last "
+              f"minute, {features['distinct_merchants_10m']:.0f} merchants in 10 min)",
+              flush=True)
         print(f"{'':>13}  why: " + ", ".join(f"{c['feature']} {c['contribution']:+.3f}"
                                             for c in body["contributions"][:3]), flush=True)
     neighbour = PIPELINES[pipeline].embeddings.neighbour_feature
@@ -256,16 +257,19 @@ def _lifecycle_report(settings: Settings, api_url: str, pipeline: str) -> bool:
     promoted = False
     for rec in read_topic(settings, topic):
         ev = parse(ControlEvent, rec.value)
-        e = ev.evidence
+        evidence = ev.evidence
         if ev.kind.endswith("_drift"):
-            detail = (f"error {e.get('error_mean_before', float('nan')):.2f} -> "
-                      f"{e.get('error_mean_recent', float('nan')):.2f} ({e.get('direction')})"
-                      if ev.kind == "concept_drift" else f"worst feature {e.get('worst')}")
+            detail = (f"error {evidence.get('error_mean_before', float('nan')):.2f} -> "
+                      f"{evidence.get('error_mean_recent', float('nan')):.2f} "
+                      f"({evidence.get('direction')})"
+                      if ev.kind == "concept_drift"
+                      else f"worst feature {evidence.get('worst')}")
             print(f"{ev.kind:<17} at {ev.model_version:<10} by {ev.reason}: {detail}")
-        elif ev.kind in ("retrain_rejected", "promoted") and "metric" in e:
-            m = e["metric"]
-            print(f"{ev.kind:<17} challenger {m} {e['challenger'][m]:.3f} vs champion "
-                  f"{e['champion'][m]:.3f} on {e['holdout_examples']} hold-out labels"
+        elif ev.kind in ("retrain_rejected", "promoted") and "metric" in evidence:
+            metric = evidence["metric"]
+            print(f"{ev.kind:<17} challenger {metric} {evidence['challenger'][metric]:.3f} vs "
+                  f"champion {evidence['champion'][metric]:.3f} on "
+                  f"{evidence['holdout_examples']} hold-out labels"
                   + (f" -> registry v{ev.registry_version}" if ev.registry_version else ""))
             promoted = promoted or ev.kind == "promoted"
         else:
@@ -287,8 +291,8 @@ SHOWCASES = {"fraud": _fraud_showcase, "fraud_knn": _fraud_showcase,
              "pricing": _pricing_showcase, "agrawal": _no_showcase}
 
 
-def _processed(s: Scrape, pipeline: str) -> float:
-    return s.value("driftline_events_total", pipeline=pipeline, kind="event", outcome="ok")
+def _processed(reading: Scrape, pipeline: str) -> float:
+    return reading.value("driftline_events_total", pipeline=pipeline, kind="event", outcome="ok")
 
 
 def _dead(now: Scrape, base: Scrape, pipeline: str) -> float:
@@ -299,14 +303,14 @@ def _delta(now: Scrape, base: Scrape, name: str, pipeline: str) -> float:
     return now.value(name, pipeline=pipeline) - base.value(name, pipeline=pipeline)
 
 
-def _progress_line(t: float, rate: float, s: Scrape, base: Scrape, pipeline: str,
+def _progress_line(t: float, rate: float, current: Scrape, base: Scrape, pipeline: str,
                    headline: str) -> None:
-    learned = _delta(s, base, "driftline_labels_learned_total", pipeline)
-    auc = s.value("driftline_prequential_metric", pipeline=pipeline, metric=headline)
-    updates = s.value("driftline_model_updates", pipeline=pipeline)
-    revision = s.value("driftline_model_revision", pipeline=pipeline)
-    processed = _processed(s, pipeline) - _processed(base, pipeline)
-    print(f"{t:5.0f}  {rate:8.0f}  {processed:9.0f}  {_dead(s, base, pipeline):4.0f}  "
+    learned = _delta(current, base, "driftline_labels_learned_total", pipeline)
+    auc = current.value("driftline_prequential_metric", pipeline=pipeline, metric=headline)
+    updates = current.value("driftline_model_updates", pipeline=pipeline)
+    revision = current.value("driftline_model_revision", pipeline=pipeline)
+    processed = _processed(current, pipeline) - _processed(base, pipeline)
+    print(f"{t:5.0f}  {rate:8.0f}  {processed:9.0f}  {_dead(current, base, pipeline):4.0f}  "
           f"{learned:7.0f}  {auc:8.3f}  v{revision:.0f}.{updates:.0f}", flush=True)
 
 

@@ -16,11 +16,11 @@ def scratch_namespace(settings: Settings, namespace: str, **overrides: object
                       ) -> Iterator[Settings]:
     """``settings`` in ``namespace`` (with ``overrides``); its topics, Redis keys and
     Milvus collections are deleted when the block ends, however it ends."""
-    s = settings.with_overrides(namespace=namespace, **overrides)
+    scoped = settings.with_overrides(namespace=namespace, **overrides)
     try:
-        yield s
+        yield scoped
     finally:
-        remove_namespace(s)
+        remove_namespace(scoped)
 
 
 def remove_namespace(settings: Settings) -> None:

@@ -72,7 +72,7 @@ class LocalStack:
     """Start, stop and report the local Kafka broker, Redis and Milvus Lite servers."""
 
     def __init__(self, settings: Settings, out=sys.stdout) -> None:
-        self.s = settings
+        self.settings = settings
         self.out = out
         self.data = settings.data_dir
         self.kafka_dir = self.data / "kafka"
@@ -106,11 +106,11 @@ class LocalStack:
 
     def status(self) -> list[ServiceStatus]:
         return [
-            self._status("kafka", self.s.kafka_bootstrap, self.kafka_dir / "kafka.log",
+            self._status("kafka", self.settings.kafka_bootstrap, self.kafka_dir / "kafka.log",
                          self._kafka_ready),
-            self._status("redis", f"127.0.0.1:{self.s.redis_port}",
+            self._status("redis", f"127.0.0.1:{self.settings.redis_port}",
                          self.redis_dir / "redis.log", self._redis_ready),
-            self._status("milvus", self.s.milvus_uri, self.milvus_dir / "milvus.log",
+            self._status("milvus", self.settings.milvus_uri, self.milvus_dir / "milvus.log",
                          self._milvus_ready),
         ]
 
@@ -118,23 +118,23 @@ class LocalStack:
 
     def _up_milvus(self, timeout: float) -> None:
         if self._milvus_ready():
-            self._say(f"milvus: up at {self.s.milvus_uri}")
+            self._say(f"milvus: up at {self.settings.milvus_uri}")
             return
         self.milvus_dir.mkdir(parents=True, exist_ok=True)
         log = self.milvus_dir / "milvus.log"
         binary = str(Path(sys.executable).parent / "milvus-lite")
         cmd = [binary, "server", "--data-dir", str(self.milvus_dir / "data"),
-               "--host", "127.0.0.1", "--port", str(self.s.milvus_port)]
+               "--host", "127.0.0.1", "--port", str(self.settings.milvus_port)]
         pid = self._spawn("milvus", cmd, log)
         self._wait("milvus", pid, self._milvus_ready, timeout, log)
 
     def _milvus_ready(self) -> bool:
-        if not _port_open(self.s.milvus_port):
+        if not _port_open(self.settings.milvus_port):
             return False
         from driftline.adapters.vectors import blocking_client
 
         try:
-            client = blocking_client(self.s.with_overrides(milvus_timeout_seconds=3.0))
+            client = blocking_client(self.settings.with_overrides(milvus_timeout_seconds=3.0))
             try:
                 client.list_collections()
             finally:
@@ -147,14 +147,14 @@ class LocalStack:
 
     def _up_redis(self, timeout: float) -> None:
         if self._redis_ready():
-            self._say(f"redis: up at 127.0.0.1:{self.s.redis_port}")
+            self._say(f"redis: up at 127.0.0.1:{self.settings.redis_port}")
             return
         binary = ensure_redis_server()
         self.redis_dir.mkdir(parents=True, exist_ok=True)
         log = self.redis_dir / "redis.log"
         # An append-only file: the features could be rebuilt from Kafka, but the erasure
         # register, the frozen embedder and the checkpoints are state of their own.
-        cmd = [binary, "--bind", "127.0.0.1", "--port", str(self.s.redis_port),
+        cmd = [binary, "--bind", "127.0.0.1", "--port", str(self.settings.redis_port),
                "--dir", str(self.redis_dir), "--save", "", "--appendonly", "yes",
                "--appendfsync", "everysec",
                "--daemonize", "no", "--protected-mode", "yes"]
@@ -163,7 +163,8 @@ class LocalStack:
 
     def _redis_ready(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.s.redis_port), timeout=1) as sock:
+            address = ("127.0.0.1", self.settings.redis_port)
+            with socket.create_connection(address, timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
@@ -173,11 +174,13 @@ class LocalStack:
 
     def _up_kafka(self, timeout: float) -> None:
         if self._kafka_ready():
-            self._say(f"kafka: up at {self.s.kafka_bootstrap}")
+            self._say(f"kafka: up at {self.settings.kafka_bootstrap}")
             return
-        if _port_open(self.s.kafka_port) or _port_open(self.s.kafka_controller_port):
+        broker_port = self.settings.kafka_port
+        controller_port = self.settings.kafka_controller_port
+        if _port_open(broker_port) or _port_open(controller_port):
             raise StackError(
-                f"kafka: port {self.s.kafka_port} or {self.s.kafka_controller_port} is taken "
+                f"kafka: port {broker_port} or {controller_port} is taken "
                 "by a process that is not a ready Kafka broker; set DRIFTLINE_KAFKA_PORT / "
                 "DRIFTLINE_CONTROLLER_PORT or stop it")
         self.ensure_jars()
@@ -187,7 +190,7 @@ class LocalStack:
         self.kafka_dir.mkdir(parents=True, exist_ok=True)
         props = self._write_kafka_config()
         classpath = f"{self.jar_dir}/*"
-        jvm = [java, f"-Xmx{self.s.kafka_heap}", f"-Xms{self.s.kafka_heap}",
+        jvm = [java, f"-Xmx{self.settings.kafka_heap}", f"-Xms{self.settings.kafka_heap}",
                "-XX:+UseG1GC", "-Djava.awt.headless=true",
                f"-Dlog4j.configuration=file:{self.kafka_dir / 'log4j.properties'}",
                "-cp", classpath]
@@ -211,26 +214,27 @@ class LocalStack:
         mvn = shutil.which("mvn")
         if mvn is None:
             raise StackError("kafka: `mvn` is not on PATH (Maven resolves the broker's jars)")
-        self._say(f"kafka: resolving Apache Kafka {self.s.kafka_version} jars from Maven Central "
-                  f"into {self.jar_dir}")
+        self._say(f"kafka: resolving Apache Kafka {self.settings.kafka_version} jars from "
+                  f"Maven Central into {self.jar_dir}")
         self.jar_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM), "dependency:copy-dependencies",
-             f"-Dkafka.version={self.s.kafka_version}", "-DincludeScope=runtime",
+             f"-Dkafka.version={self.settings.kafka_version}", "-DincludeScope=runtime",
              f"-DoutputDirectory={self.jar_dir}"], check=True)
         marker.write_text("ok\n")
         return self.jar_dir
 
     def _write_kafka_config(self) -> Path:
-        s = self.s
+        broker_port = self.settings.kafka_port
+        controller_port = self.settings.kafka_controller_port
         props = self.kafka_dir / "server.properties"
         props.write_text(f"""\
 # Written by `driftline stack up`: a single KRaft node, broker and controller combined.
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}
-listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
@@ -248,12 +252,12 @@ log.retention.hours=168
         return props
 
     def _kafka_ready(self) -> bool:
-        if not _port_open(self.s.kafka_port):
+        if not _port_open(self.settings.kafka_port):
             return False
         from confluent_kafka.admin import AdminClient
 
         try:
-            admin = AdminClient({"bootstrap.servers": self.s.kafka_bootstrap,
+            admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap,
                                  "socket.timeout.ms": 2000})
             admin.list_topics(timeout=3)
             return True
@@ -326,9 +330,9 @@ def ensure_debian_binary(binary: str, package: str) -> str:
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _port_open(port: int) -> bool:

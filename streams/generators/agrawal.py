@@ -53,35 +53,36 @@ class AgrawalStreamConfig:
 
 class AgrawalGenerator:
     def __init__(self, config: AgrawalStreamConfig) -> None:
-        self.c = config
+        self.config = config
         self.rng = random.Random(config.seed)
         self._queue = EmissionQueue()
 
     def drifted(self, i: int) -> bool:
         """Whether the i-th application is labeled by the concept after the drift."""
-        return self.c.drift_at is not None and i >= self.c.drift_at * self.c.events
+        return self.config.drift_at is not None and i >= self.config.drift_at * self.config.events
 
     def function_of(self, i: int) -> int:
         """The Agrawal classification function that labels the i-th application."""
-        return self.c.function_after if self.drifted(i) else self.c.function_before
+        return self.config.function_after if self.drifted(i) else self.config.function_before
 
     def emissions(self) -> Iterator[Emission]:
         """Applications and decisions, merged in emission order."""
         r = self.rng
-        now = self.c.start_time
-        before = synth.Agrawal(classification_function=self.c.function_before, seed=self.c.seed)
-        after = synth.Agrawal(classification_function=self.c.function_after, seed=self.c.seed)
-        pairs = islice(zip(before, after, strict=False), self.c.events)
+        now = self.config.start_time
+        config = self.config
+        before = synth.Agrawal(classification_function=config.function_before, seed=config.seed)
+        after = synth.Agrawal(classification_function=config.function_after, seed=config.seed)
+        pairs = islice(zip(before, after, strict=False), self.config.events)
         for i, ((x, y_before), (_, y_after)) in enumerate(pairs):
-            now += r.expovariate(self.c.events_per_second)
+            now += r.expovariate(self.config.events_per_second)
             yield from self._queue.until(now)
-            source = f"{self.c.source_prefix}-{r.randrange(self.c.sources)}"
+            source = f"{self.config.source_prefix}-{r.randrange(self.config.sources)}"
             y = y_after if self.drifted(i) else y_before
-            event_id = f"{self.c.run_id}-{i:07d}"
+            event_id = f"{self.config.run_id}-{i:07d}"
             self._queue.push(now, "event", source, LoanApplication(
                 event_id=event_id, source=source, ts=round(now, 3),
                 **{k: round(float(v), 2) if k in MONEY else int(v) for k, v in x.items()}))
-            label_at = now + self.c.label_delay * (1 + 0.5 * r.random())
+            label_at = now + self.config.label_delay * (1 + 0.5 * r.random())
             self._queue.push(label_at, "label", event_id, LoanOutcome(
                 event_id=event_id, approved=bool(y), ts=round(label_at, 3)))
         yield from self._queue.drain()

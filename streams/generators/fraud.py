@@ -60,7 +60,7 @@ class _Card:
 
 class FraudGenerator:
     def __init__(self, config: FraudStreamConfig) -> None:
-        self.c = config
+        self.config = config
         self.rng = random.Random(config.seed)
         self.cards = [self._new_card(i) for i in range(config.cards)]
         self._made = 0
@@ -69,15 +69,16 @@ class FraudGenerator:
 
     def _new_card(self, i: int) -> _Card:
         r = self.rng
-        home = [f"m{r.randrange(self.c.merchants):04d}" for _ in range(r.randint(3, 10))]
-        return _Card(f"{self.c.card_prefix}-{i:05d}", home, typical=math.exp(r.gauss(3.3, 0.6)))
+        home = [f"m{r.randrange(self.config.merchants):04d}" for _ in range(r.randint(3, 10))]
+        return _Card(f"{self.config.card_prefix}-{i:05d}", home,
+                     typical=math.exp(r.gauss(3.3, 0.6)))
 
     def emissions(self) -> Iterator[Emission]:
         """Events and labels, merged in emission order."""
         r = self.rng
-        now = self.c.start_time
-        while self._made < self.c.events:
-            now += r.expovariate(self.c.events_per_second)
+        now = self.config.start_time
+        while self._made < self.config.events:
+            now += r.expovariate(self.config.events_per_second)
             # Everything scheduled before `now` (burst events, labels) goes out first.
             yield from self._queue.until(now)
             self._normal_or_fraud(now)
@@ -86,14 +87,15 @@ class FraudGenerator:
     def _normal_or_fraud(self, now: float) -> None:
         r = self.rng
         u = r.random()
-        if u < self.c.card_testing_rate:
+        if u < self.config.card_testing_rate:
             # A burst starts only if it can run its course before the stream ends: a cut
             # burst leaves only its first, hardest-to-tell charges in the last labels.
             if now + MAX_BURST_SECONDS <= self._ends:
                 self._card_testing(now)
             else:
                 self._normal(now)
-        elif self.c.card_testing_rate <= u < self.c.card_testing_rate + self.c.takeover_rate:
+        elif (self.config.card_testing_rate <= u
+              < self.config.card_testing_rate + self.config.takeover_rate):
             card = r.choice(self.cards)
             amount = card.typical * r.uniform(6, 25)
             self._transaction(now, card, self._stranger(card), amount, fraud=True)
@@ -124,20 +126,20 @@ class FraudGenerator:
 
     def _stranger(self, card: _Card) -> str:
         while True:
-            m = f"m{self.rng.randrange(self.c.merchants):04d}"
+            m = f"m{self.rng.randrange(self.config.merchants):04d}"
             if m not in card.home:
                 return m
 
     def _transaction(self, ts: float, card: _Card, merchant: str, amount: float,
                      fraud: bool) -> None:
-        if self._made >= self.c.events:
+        if self._made >= self.config.events:
             return
-        event_id = f"{self.c.run_id}-{self._made:07d}"
+        event_id = f"{self.config.run_id}-{self._made:07d}"
         self._made += 1
         txn = Transaction(event_id=event_id, card_id=card.card_id, merchant_id=merchant,
                           amount=round(max(amount, 0.01), 2), ts=round(ts, 3))
         self._queue.push(ts, "event", card.card_id, txn)
-        label_at = ts + self.c.label_delay * (1 + 0.5 * self.rng.random())
+        label_at = ts + self.config.label_delay * (1 + 0.5 * self.rng.random())
         self._queue.push(label_at, "label", event_id,
                          FraudLabel(event_id=event_id, is_fraud=fraud, ts=round(label_at, 3)))
 

@@ -48,7 +48,7 @@ class _Zone:
 
 class PricingGenerator:
     def __init__(self, config: PricingStreamConfig) -> None:
-        self.c = config
+        self.config = config
         self.rng = random.Random(config.seed)
         r = self.rng
         self.zones = [_Zone(f"zone-{i:02d}", math.exp(r.gauss(0, 0.5)), r.uniform(0, 2 * math.pi),
@@ -57,14 +57,15 @@ class PricingGenerator:
 
     def regime(self, i: int) -> tuple[float, float]:
         """(per-km rate, surge sensitivity) in force for the i-th request."""
-        drifted = self.c.drift_at is not None and i >= self.c.drift_at * self.c.events
+        drift_at = self.config.drift_at
+        drifted = drift_at is not None and i >= drift_at * self.config.events
         return (1.7, 1.0) if drifted else (1.2, 0.5)
 
     def emissions(self) -> Iterator[Emission]:
         r = self.rng
-        now = self.c.start_time
-        for i in range(self.c.events):
-            now += r.expovariate(self.c.events_per_second)
+        now = self.config.start_time
+        for i in range(self.config.events):
+            now += r.expovariate(self.config.events_per_second)
             yield from self._queue.until(now)
             weights = [z.weight * (1 + 0.8 * math.sin(2 * math.pi * now / CYCLE + z.phase))
                        for z in self.zones]
@@ -81,11 +82,11 @@ class PricingGenerator:
             pressure = len(zone.recent) / max(drivers, 1)
             surge = min(3.0, max(1.0, 1 + sensitivity * (pressure - 0.5)))
             price = (2.5 + per_km * km + 0.3 * minutes) * surge * (1 + r.gauss(0, 0.05))
-            event_id = f"{self.c.run_id}-{i:07d}"
+            event_id = f"{self.config.run_id}-{i:07d}"
             self._queue.push(now, "event", zone.zone_id, RideRequest(
                 event_id=event_id, zone_id=zone.zone_id, distance_km=km, duration_min=minutes,
                 active_drivers=drivers, ts=round(now, 3)))
-            label_at = now + minutes * 60 + self.c.label_delay * (0.5 + r.random())
+            label_at = now + minutes * 60 + self.config.label_delay * (0.5 + r.random())
             self._queue.push(label_at, "label", event_id, RidePrice(
                 event_id=event_id, price=round(max(price, 0.0), 2), ts=round(label_at, 3)))
         yield from self._queue.drain()

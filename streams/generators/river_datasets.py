@@ -63,7 +63,7 @@ class RiverDatasetConfig:
 
 class RiverDatasetGenerator:
     def __init__(self, config: RiverDatasetConfig) -> None:
-        self.c = config
+        self.config = config
         self.dataset = DATASETS[config.dataset]
         self.rng = random.Random(config.seed)
         self._queue = EmissionQueue()
@@ -72,17 +72,17 @@ class RiverDatasetGenerator:
         """Events and labels, merged in emission order."""
         r = self.rng
         spec, renamed = self.dataset.spec, dict(self.dataset.renamed)
-        now = self.c.start_time
-        for i, (x, y) in enumerate(islice(self.dataset.load(), self.c.events)):
-            now += r.expovariate(self.c.events_per_second)
+        now = self.config.start_time
+        for i, (x, y) in enumerate(islice(self.dataset.load(), self.config.events)):
+            now += r.expovariate(self.config.events_per_second)
             yield from self._queue.until(now)
-            source = f"{self.c.source_prefix}-{r.randrange(self.c.sources)}"
-            event_id = f"{self.c.run_id}-{i:07d}"
+            source = f"{self.config.source_prefix}-{r.randrange(self.config.sources)}"
+            event_id = f"{self.config.run_id}-{i:07d}"
             self._queue.push(now, "event", source, spec.event_type(**{
                 spec.event_id_field: event_id, spec.entity_field: source,
                 spec.time_field: round(now, 3),
                 **{renamed.get(k, k): float(v) for k, v in x.items()}}))
-            label_at = now + self.c.label_delay
+            label_at = now + self.config.label_delay
             self._queue.push(label_at, "label", event_id, spec.label_type(**{
                 spec.event_id_field: event_id, spec.label_field: y,
                 spec.label_time_field: round(label_at, 3)}))

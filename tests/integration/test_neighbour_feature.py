@@ -13,7 +13,7 @@ import pytest
 from driftline.adapters.stores import EmbeddingStore, RedisKeys, connect
 from driftline.adapters.vectors import EmbeddingSpace, VectorStore, ensure_collections
 from driftline.tools.namespaces import scratch_namespace
-from monitoring import metrics as m
+from monitoring import metrics
 from streams.catalog.fraud import FRAUD
 from streams.declarations import EmbeddingPolicy
 from streams.embeddings import EventEmbedder
@@ -27,7 +27,8 @@ SPEC = replace(FRAUD, embeddings=EmbeddingPolicy(features=("amount", "count_1m")
 
 
 def lookups(outcome: str) -> float:
-    return m.NEIGHBOUR_LOOKUPS.labels("fraud", "test", outcome)._value.get()
+    return metrics.NEIGHBOUR_LOOKUPS.labels(pipeline="fraud", process="test",
+                                         outcome=outcome)._value.get()
 
 
 @pytest.fixture
