@@ -1,1 +1,3 @@
-"""Prometheus metrics (and, later, drift detectors, dashboards and alert rules)."""
+"""Prometheus metrics, drift detectors, structured logs, dashboards and alert rules."""
+
+import driftline  # checks that the top-level packages are Driftline's own  # noqa: F401

@@ -1,1 +1,3 @@
-"""Model specifications, online learning, snapshots and (later) retraining and the registry."""
+"""Model specifications, online learning, retraining, the model registry and its lifecycle."""
+
+import driftline  # checks that the top-level packages are Driftline's own  # noqa: F401
