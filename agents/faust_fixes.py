@@ -167,7 +167,7 @@ class GapFiller:
     describe the family). The record is never processed (seen here: up to hundreds of
     records per partition in the first seconds after a restart,
     tests/integration/test_recovery.py). Faust's commit of such a partition can then stay
-    before the hole for the rest of the run (a known gap, see ARCHITECTURE.md).
+    before the hole for the rest of the run (a known gap, see docs/worker.md).
 
     A hole shows in one of two ways. A later record of the partition comes: the reader
     asks :meth:`missed_before` for it and handles what it returns first. Or none comes,
