@@ -62,7 +62,7 @@ class Lineage:
 
     reason: str  # "drift", "manual", "bootstrap"
     evidence: dict[str, Any]  # the drift detection's evidence, or {"requested_by": ...}
-    spec: str  # a key of online_models.spec.MODELS
+    spec: str  # the model factory's import path (streams.declarations.model_name)
     declaration: dict[str, Any]  # the pipeline declaration as JSON
     topic: str  # the training topic it was trained from
     start_offset: int | None  # offsets of its training data (inclusive), None if unknown

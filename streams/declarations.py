@@ -100,6 +100,25 @@ class Derived:
 
 Feature = Raw | Agg | SincePrevious | Ewma | FirstSeen | Derived
 
+# A model, as a declaration names it: a factory of fresh, untrained River estimators (any
+# callable without arguments), or its import path, ``"package.module:function"``.
+ModelFactory = Callable[[], Any]
+ModelRef = str | ModelFactory
+
+
+def model_name(model: ModelRef) -> str:
+    """The import path of a model factory: what lineage and logs record.
+
+    >>> from river import linear_model
+    >>> model_name(linear_model.LogisticRegression)
+    'river.linear_model.log_reg:LogisticRegression'
+    >>> model_name("myco.models:tree")
+    'myco.models:tree'
+    """
+    if isinstance(model, str):
+        return model
+    return f"{model.__module__}:{getattr(model, '__qualname__', type(model).__name__)}"
+
 
 def asdict_shallow(obj: Any) -> dict[str, Any]:
     """A dataclass's fields, values as they are (``asdict`` would copy functions)."""
@@ -127,7 +146,7 @@ class RetrainPolicy:
     """What a drift detection (or a manual request) leads to: a challenger trained from
     scratch on recent training examples, promoted only when it beats the champion."""
 
-    model: str | None = None      # the challenger's spec; default: the pipeline's model
+    model: ModelRef | None = None  # the challenger's model; default: the pipeline's
     window: int = 3000            # most recent training examples read, the hold-out included
     holdout: int = 1000           # the newest of them, on which both models are compared
     min_after_drift: int = 1500   # labels after the detection before the window is read
@@ -175,7 +194,7 @@ class FallbackPolicy:
 
     features: tuple[str, ...]
     prior: float
-    model: str | None = None  # a key of online_models.spec.MODELS; default: the pipeline's
+    model: ModelRef | None = None  # the fallback's model; default: the pipeline's
     min_examples: int = 500
 
 
@@ -191,7 +210,7 @@ class PipelineSpec:
     label_field: str                      # the target inside a label record
     task: Literal["binary", "regression"]
     features: tuple[Feature, ...]
-    model: str                            # a key of online_models.spec.MODELS
+    model: ModelRef                       # the champion's model factory
     metrics: tuple[str, ...]
     event_id_field: str = "event_id"      # also the join key of labels
     label_time_field: str = "ts"
@@ -217,14 +236,22 @@ class PipelineSpec:
     retrain: RetrainPolicy = RetrainPolicy()
     embeddings: EmbeddingPolicy | None = None  # None: nothing goes to Milvus
     fallback: FallbackPolicy | None = None     # None: no degraded answers, a 503 instead
+    # More models for the retrainer to try: each is trained on the window beside the
+    # pipeline's model, and the best on the hold-out challenges the champion.
+    candidates: tuple[ModelRef, ...] = ()
     feature_names: tuple[str, ...] = field(init=False)  # computed by the feature engine
+    # The attribute of each field the spec reads (its JSON name may be an alias).
+    _attrs: dict[Any, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.features]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"{self.name}: features declared twice: {sorted(dupes)}")
-        fields = set(self.event_type.model_fields)
+        # Field names as they appear in the JSON (a pydantic alias, when a field has one:
+        # "amount-eur" or "1" are fine names for a producer), and the attribute of each.
+        event_attrs, label_attrs = json_fields(self.event_type), json_fields(self.label_type)
+        fields = set(event_attrs)
         for f in self.features:
             used = [getattr(f, "field", None) or (f.name if isinstance(f, Raw) else None)]
             if isinstance(f, Agg) and f.where:
@@ -236,7 +263,7 @@ class PipelineSpec:
             if needed not in fields:
                 raise ValueError(f"{self.name}: the event has no field {needed!r}")
         for needed in (self.label_field, self.event_id_field, self.label_time_field):
-            if needed not in self.label_type.model_fields:
+            if needed not in label_attrs:
                 raise ValueError(f"{self.name}: the label has no field {needed!r}")
         if self.max_future_skew < 0 or not self.feature_limit > 0:
             raise ValueError(f"{self.name}: max_future_skew must be >= 0 and feature_limit > 0")
@@ -261,6 +288,12 @@ class PipelineSpec:
                     raise ValueError(f"{self.name}: fallback.features needs Raw or Derived "
                                      f"features of the event alone; {name!r} is not one")
         object.__setattr__(self, "feature_names", tuple(names))
+        object.__setattr__(self, "_attrs", {
+            "entity": event_attrs[self.entity_field], "time": event_attrs[self.time_field],
+            "label": label_attrs[self.label_field],
+            "label_time": label_attrs[self.label_time_field],
+            self.event_type: event_attrs[self.event_id_field],
+            self.label_type: label_attrs[self.event_id_field]})
 
     @property
     def model_feature_names(self) -> tuple[str, ...]:
@@ -284,13 +317,14 @@ class PipelineSpec:
             return out
 
         return {
-            "name": self.name, "task": self.task, "model": self.model,
+            "name": self.name, "task": self.task, "model": model_name(self.model),
+            "candidates": [model_name(m) for m in self.candidates],
             "metrics": list(self.metrics), "entity": self.entity_field,
             "event": self.event_type.__name__, "label": self.label_type.__name__,
             "features": [feature(f) for f in self.features],
-            "drift": asdict(self.drift), "retrain": asdict(self.retrain),
+            "drift": asdict(self.drift), "retrain": _with_model_names(self.retrain),
             "embeddings": asdict(self.embeddings) if self.embeddings else None,
-            "fallback": asdict(self.fallback) if self.fallback else None,
+            "fallback": _with_model_names(self.fallback) if self.fallback else None,
         }
 
     @property
@@ -299,20 +333,41 @@ class PipelineSpec:
         return self.retrain.metric or self.metrics[0]
 
     def entity_of(self, event: Record) -> str:
-        return str(getattr(event, self.entity_field))
+        return str(getattr(event, self._attrs["entity"]))
 
     def time_of(self, event: Record) -> float:
-        return float(getattr(event, self.time_field))
+        return float(getattr(event, self._attrs["time"]))
 
     def event_id_of(self, record: Record) -> str:
-        return str(getattr(record, self.event_id_field))
+        """The event id of an event or of a label (the join key)."""
+        return str(getattr(record, self._attrs.get(type(record), self.event_id_field)))
 
     def target_of(self, label: Record) -> bool | float:
-        value = getattr(label, self.label_field)
+        value = getattr(label, self._attrs["label"])
         return bool(value) if self.task == "binary" else float(value)
 
     def label_time_of(self, label: Record) -> float:
-        return float(getattr(label, self.label_time_field))
+        return float(getattr(label, self._attrs["label_time"]))
+
+
+def json_fields(record: type[Record]) -> dict[str, str]:
+    """Each field's name in the JSON (its alias, if it has one) and its attribute.
+
+    >>> from pydantic import Field
+    >>> class Payment(Record):
+    ...     amount_eur: float = Field(alias="amount-eur")
+    ...     card: str
+    >>> json_fields(Payment)
+    {'amount-eur': 'amount_eur', 'card': 'card'}
+    """
+    return {(info.alias or name): name for name, info in record.model_fields.items()}
+
+
+def _with_model_names(policy: Any) -> dict[str, Any]:
+    out = asdict(policy)
+    if out.get("model") is not None:
+        out["model"] = model_name(out["model"])
+    return out
 
 
 def ratio(numerator: float, denominator: float, floor: float) -> float:

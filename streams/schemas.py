@@ -24,9 +24,13 @@ from driftline.errors import Invalid
 
 
 class Record(BaseModel):
-    """Base of all contracts: immutable, strict, unknown fields ignored."""
+    """Base of all contracts: immutable, strict, unknown fields ignored. A field may carry
+    its JSON name as an alias (``Field(alias="amount-eur")``): records are read and written
+    with it, and features and declarations name the field by it."""
 
-    model_config = ConfigDict(frozen=True, strict=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, strict=True, extra="ignore",
+                              validate_by_alias=True, validate_by_name=True,
+                              serialize_by_alias=True)
 
     def to_json(self) -> bytes:
         # What model_dump_json() gives, as bytes (not decoded to str and encoded back).

@@ -44,6 +44,10 @@ class Settings:
     # Prefix of every topic, Redis key and consumer group, so that several deployments (or
     # test runs) can share one broker and one Redis; empty means none (DRIFTLINE_NAMESPACE).
     namespace: str = ""
+    # The user's pipeline modules, loaded beside the installed packages' entry points
+    # (streams.pipelines): import names or paths of .py files, comma-separated
+    # (DRIFTLINE_PIPELINES). Child processes get it through to_env().
+    pipelines: str = ""
     # Partitions of the keyed topics (events, labels, predictions, the join) of a pipeline
     # whose events and labels topics do not exist yet: existing ones keep their counts and
     # the rest follow them (driftline.adapters.kafka_admin.PipelinePartitions). The training topic

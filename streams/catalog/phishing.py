@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
+from river import base, compose, linear_model, preprocessing
 
 from streams.declarations import DriftPolicy, FallbackPolicy, PipelineSpec, Raw, RetrainPolicy
 from streams.schemas import Record
@@ -58,6 +59,12 @@ class PhishingVerdict(Record):
     ts: float = Field(gt=0, allow_inf_nan=False, description="when the verdict became known")
 
 
+def phishing_logistic() -> base.Classifier:
+    """The model of River's own LogisticRegression example on this data set (0.88
+    prequential accuracy with labels 20 events late)."""
+    return compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())
+
+
 PHISHING = PipelineSpec(
     name="phishing",
     description="River's Phishing data set: web pages, phishing or not",
@@ -67,7 +74,7 @@ PHISHING = PipelineSpec(
     label_type=PhishingVerdict,
     label_field="is_phishing",
     task="binary",
-    model="phishing_logistic",
+    model=phishing_logistic,
     metrics=("accuracy", "roc_auc", "log_loss"),
     label_delay_bound=300.0,
     allowed_lateness=30.0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pydantic import Field
+from river import base, compose, linear_model, optim, preprocessing
 
 from streams.declarations import (
     Agg,
@@ -58,6 +59,16 @@ def distance_x_pressure(f: Mapping[str, float]) -> float:
     return f["distance_km"] * f["demand_supply"]
 
 
+def pricing_linear() -> base.Regressor:
+    """The pricing model: a standardized linear regression."""
+    return compose.Pipeline(
+        preprocessing.StandardScaler(),
+        # A clipped gradient keeps one outlying price from throwing the weights off.
+        linear_model.LinearRegression(optimizer=optim.SGD(0.01), intercept_lr=0.05, l2=0.0,
+                                      clip_gradient=10.0),
+    )
+
+
 PRICING = PipelineSpec(
     name="pricing",
     description="ride prices predicted per request from the zone's demand and supply",
@@ -67,7 +78,7 @@ PRICING = PipelineSpec(
     label_type=RidePrice,
     label_field="price",
     task="regression",
-    model="pricing_linear",
+    model=pricing_linear,
     metrics=("mae", "rmse"),
     label_delay_bound=3 * HOUR,
     allowed_lateness=5 * MINUTE,

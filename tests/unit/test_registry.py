@@ -25,7 +25,7 @@ def trained_model(n=30):
     # River is imported here, not at the top: the writer processes spawned below skip it.
     from online_models.spec import build_model
 
-    model = build_model("fraud_logistic")
+    model = build_model("streams.catalog.fraud:fraud_logistic")
     for i in range(n):
         model.learn_one({"amount": float(i % 7), "hour": float(i % 24)}, i % 3 == 0)
     return model
