@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driftline.errors import Conflict, NotFound
+from streams.declarations import model_name
 
 # Set before mlflow is imported, and each still overridable from the environment: services
 # send no usage telemetry, warn nothing where git is missing, print no run URLs to stdout
@@ -71,6 +72,10 @@ class Lineage:
     end_time: float | None
     examples: int
     parent: int | None  # the version it was compared with and replaced (None for the first)
+
+    def __post_init__(self) -> None:
+        # A model factory is recorded by its import path (JSON, and rebuildable).
+        object.__setattr__(self, "spec", model_name(self.spec))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Lineage:

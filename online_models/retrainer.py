@@ -9,10 +9,13 @@ For each trigger on ``<pipeline>.control`` (a drift detection, or an operator's 
    ``retrain_skipped`` event);
 2. wait until ``min_after_drift`` labels arrived after the detection, so the window holds
    the new concept (giving up after ten minutes: ``retrain_skipped``, ``timeout``);
-3. read the newest ``window`` training examples, train a challenger and compare it with the
-   champion on the hold-out (:func:`online_models.retrain.retrain`);
+3. read the newest ``window`` training examples, train a challenger of each candidate
+   model (the pipeline's, and its declaration's ``candidates``) and compare the best with
+   the champion on the hold-out (:func:`online_models.retrain.retrain`), logging each
+   candidate's figures and seconds;
 4. register and promote it when it is better by the margin (``promoted``, which the learner
-   swaps in), else say why not (``retrain_rejected``).
+   swaps in), else say why not (``retrain_rejected``); either way with every candidate's
+   hold-out figures in the evidence (and so in the new version's lineage).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from monitoring.logs import annotate, bound
 from online_models import lifecycle
 from online_models.registry import Lineage, Registry
 from online_models.retrain import RetrainOutcome, latest_window, retrain
-from streams.declarations import PipelineSpec
+from streams.declarations import PipelineSpec, model_name
 from streams.pipelines import PIPELINES
 from streams.schemas import ControlEvent, InvalidRecord, TrainingExample, parse
 from streams.topics import PipelineTopics
@@ -176,8 +179,16 @@ class Retrainer:
         outcome = retrain(spec, window)
         window_offsets = sorted(offset_of[ex.event_id] for ex in window)
         st.covered_until = window_offsets[-1]
+        # The summary names every candidate's hold-out figures and seconds: the control
+        # event and the registered version's lineage keep them.
         evidence = {"trigger": ev.kind, "trigger_offset": ev.offset,
                     "trigger_evidence": ev.evidence, **outcome.summary()}
+        for name, figures in outcome.candidates.items():
+            log.info("%s: candidate %s %s=%.4f, trained in %.2f s", spec.name, name,
+                     outcome.metric, figures[outcome.metric], outcome.seconds[name])
+        for name, error in outcome.failed.items():
+            log.error("%s: candidate %s failed after %.2f s: %s", spec.name, name,
+                      outcome.seconds[name], error)
         log.warning("%s: challenger %s %s=%.4f vs champion %.4f -> %s", spec.name,
                     outcome.spec, outcome.metric, outcome.challenger[outcome.metric],
                     outcome.champion[outcome.metric],
@@ -222,7 +233,8 @@ class Retrainer:
         if snap is None:
             raise RuntimeError(f"{st.spec.name}: no serving model to register as the parent")
         lineage = Lineage(reason="bootstrap",
-                          evidence={"serving_version": snap.version}, spec=st.spec.model,
+                          evidence={"serving_version": snap.version},
+                          spec=model_name(st.spec.model),
                           declaration=st.spec.describe(), topic=st.topics.training,
                           start_offset=None, end_offset=None, start_time=None, end_time=None,
                           examples=0, parent=None)

@@ -306,8 +306,10 @@ class PipelineSpec:
 
         >>> from streams.catalog.fraud import FRAUD
         >>> d = FRAUD.describe()
-        >>> d["model"], d["features"][0], d["retrain"]["holdout"]
-        ('fraud_logistic', {'kind': 'Raw', 'name': 'amount', 'field': None}, 1000)
+        >>> d["model"], d["retrain"]["holdout"]
+        ('streams.catalog.fraud:fraud_logistic', 1000)
+        >>> d["features"][0]
+        {'kind': 'Raw', 'name': 'amount', 'field': None}
         """
         def feature(f: Feature) -> dict[str, Any]:
             out: dict[str, Any] = {"kind": type(f).__name__}

@@ -3,14 +3,23 @@ replaced by recorders (the whole path runs for real in tests/integration)."""
 
 from __future__ import annotations
 
+import random
 import time
+from dataclasses import replace
 
 import pytest
+from river import dummy
 
 from driftline.adapters.config import Settings
-from online_models.registry import Registry
+from driftline.adapters.topic_reader import TopicRecord
+from online_models import lifecycle
+from online_models import retrainer as retrainer_module
+from online_models.registry import Lineage, Registry
 from online_models.retrainer import Retrainer
-from streams.schemas import ControlEvent
+from online_models.spec import build_model
+from streams.catalog.fraud import fraud_logistic
+from streams.declarations import model_name
+from streams.schemas import ControlEvent, TrainingExample
 
 
 class Recording(Retrainer):
@@ -70,3 +79,43 @@ def test_a_failed_retrain_is_reported_and_the_retrainer_goes_on(retrainer):
     assert "disk full" in retrainer.told[-1].evidence["error"]
     retrainer.handle("agrawal", b"{not json")  # unreadable: logged, nothing else
     assert len(retrainer.told) == 1
+
+
+def test_a_promoted_challenger_records_every_candidate_in_its_lineage(tmp_path, monkeypatch):
+    s = Settings().with_overrides(data_dir=tmp_path, namespace="unit")
+    registry = Registry(s.registry_uri, s.registry_artifacts, s.namespace)
+    live = Retrainer(s, ["fraud"], registry)
+    st = live.state["fraud"]
+    # The pipeline's model knows only the base rate; the candidate separates the classes.
+    st.spec = replace(st.spec, model=dummy.PriorClassifier, candidates=(fraud_logistic,))
+    rng = random.Random(3)
+    records = []
+    for i in range(3000):
+        amount = rng.random()
+        ex = TrainingExample(event_id=f"e{i}", entity="c", event_time=float(i),
+                             features={"amount": amount}, score=0.5, model_version="v1.0",
+                             label=amount > 0.7, label_time=i + 1.0)
+        records.append(TopicRecord(st.topics.training, 0, i, None, ex.to_json(), float(i)))
+    monkeypatch.setattr(retrainer_module, "read_range", lambda *a, **k: records)
+    monkeypatch.setattr(live, "_wait_for_offset", lambda topic, need: len(records))
+    told = []
+    monkeypatch.setattr(lifecycle, "send_control", lambda settings, ev: told.append(ev))
+    monkeypatch.setattr(live, "_tell", told.append)
+    parent = registry.register("fraud", build_model(fraud_logistic), Lineage(
+        reason="bootstrap", evidence={}, spec=model_name(fraud_logistic), declaration={},
+        topic=st.topics.training, start_offset=None, end_offset=None, start_time=None,
+        end_time=None, examples=0, parent=None), {"roc_auc": 0.5})
+    registry.promote("fraud", parent.version)
+
+    live.handle("fraud", ControlEvent(kind="retrain_requested", pipeline="fraud",
+                                      at=time.time()).to_json())
+    champion = registry.champion("fraud")
+    assert champion.version != parent.version and champion.lineage.parent == parent.version
+    logistic, prior = model_name(fraud_logistic), model_name(dummy.PriorClassifier)
+    assert champion.lineage.spec == logistic
+    evidence = champion.lineage.evidence
+    assert set(evidence["candidates"]) == {logistic, prior}
+    assert evidence["candidates"][logistic]["roc_auc"] > evidence["candidates"][prior]["roc_auc"]
+    assert set(evidence["candidate_seconds"]) == {logistic, prior}
+    assert [e.kind for e in told] == ["promoted"]
+    assert told[0].evidence["candidates"] == evidence["candidates"]
