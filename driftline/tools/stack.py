@@ -4,6 +4,7 @@ server on loopback.
 Kafka's jars are resolved once from Maven Central with Maven (``scripts/kafka/pom.xml``)
 into a cache directory outside the repository; the broker then runs from them with
 ``java``. Redis is Debian's ``redis-server``, installed with apt when it is missing.
+Debian's ``kcat`` (a Kafka client for the shell) is installed beside them when missing.
 Milvus Lite (a pip dependency) keeps its vectors in local files that only one process may
 open, so it runs as its own gRPC server (``milvus-lite server``) that the worker and the
 API both reach by URI, exactly as they would reach a Milvus server.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from driftline.adapters.config import Settings
 
-POM = Path(__file__).resolve().parent.parent / "scripts" / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parents[2] / "scripts" / "kafka" / "pom.xml"
 
 # Logging binding that Kafka's binary distribution ships and its Maven artifact lacks.
 LOG4J_PROPERTIES = """\
@@ -88,6 +89,8 @@ class LocalStack:
         for name in ("redis", "milvus", "kafka"):
             if name in services:
                 getattr(self, f"_up_{name}")(timeout)
+        if "kafka" in services:
+            self._ensure_kcat()
 
     def down(self, services: tuple[str, ...] = SERVICES) -> None:
         """Stop what ``up`` started, and nothing else."""
@@ -113,6 +116,15 @@ class LocalStack:
             self._status("milvus", self.settings.milvus_uri, self.milvus_dir / "milvus.log",
                          self._milvus_ready),
         ]
+
+    def _ensure_kcat(self) -> None:
+        """Debian's ``kcat``, the Kafka command-line client the README's "Your own feed"
+        produces with: installed when missing, like ``redis-server``; the stack is up
+        without it all the same."""
+        try:
+            ensure_debian_binary("kcat", "kcat")
+        except (OSError, subprocess.CalledProcessError, StackError) as exc:
+            self._say(f"kcat: not installed ({exc}); the stack does not need it")
 
     # ---- Milvus Lite -----------------------------------------------------------------
 

@@ -31,3 +31,14 @@ def test_topic_partitions_give_the_learner_one_partition():
     parts = topics.partitions(4)
     assert parts[topics.training] == 1
     assert parts[topics.events] == parts[topics.join] == 4
+
+
+def test_the_default_data_directory_is_the_checkout_s_own():
+    from pathlib import Path
+
+    import driftline.tools.stack as stack
+    from driftline.adapters.config import Settings
+
+    root = Path(__file__).resolve().parents[2]
+    assert Settings().data_dir == root / ".driftline"
+    assert stack.POM == root / "scripts" / "kafka" / "pom.xml" and stack.POM.is_file()
