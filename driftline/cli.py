@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from driftline.adapters.config import Settings
-from streams.pipelines import PIPELINES
+from streams.pipelines import ENTRY_POINT_GROUP, PIPELINES, PipelineLoadError
 
 if TYPE_CHECKING:
     from driftline.tools.deadletters import Selection
@@ -171,6 +171,11 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.tools.synthetic import produce
     from streams.generators import pipeline_history
 
+    if PIPELINES[args.pipeline].generator is None:
+        print(f"driftline: {args.pipeline} declares no generator: produce its events with "
+              "a producer of your own (driftline init writes a sample, produce.py)",
+              file=sys.stderr)
+        return 2
     ensure_pipeline_topics(settings, args.pipeline)
     overrides = {} if args.label_delay is None else {"label_delay": args.label_delay}
     # The stream is replayed history ending now: `rate` events per wall-clock second, while
@@ -255,6 +260,71 @@ def _deadletter_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _init(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.tools.scaffold import ScaffoldError, plan, write
+
+    try:
+        project = plan(args.directory, args.name, args.topic, args.labels_topic)
+        written = write(project)
+    except ScaffoldError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote the {project.name} pipeline's project in {project.root}:")
+    for path in written:
+        print(f"  {path.relative_to(project.root)}")
+    print(f"""then, in this environment, with the stack up:
+  cd {project.root}
+  python -m pytest                  # the features of a few events, as the worker computes them
+  export DRIFTLINE_PIPELINES={project.module_path}
+  driftline validate                # topics, features, model, policies
+  driftline schema {project.name:<16} # the JSON a producer sends
+  driftline worker --pipeline {project.name} &
+  driftline serve &
+  python produce.py                 # sample events, and their labels a few seconds later
+(README.md says more.)""")
+    return 0
+
+
+def _validate(args: argparse.Namespace, settings: Settings) -> int:
+    from driftline.tools.declarations import describe, problems
+
+    try:
+        specs = dict(PIPELINES)
+    except PipelineLoadError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 1
+    unknown = [name for name in args.pipeline if name not in specs]
+    if unknown:
+        print(f"driftline: no pipeline {', '.join(map(repr, unknown))}; declared: "
+              f"{', '.join(sorted(specs))}", file=sys.stderr)
+        return 1
+    chosen = args.pipeline or sorted(specs)
+    found = {name: problems(specs[name]) for name in chosen}
+    for name in chosen:
+        print(describe(specs[name], settings.namespace))
+        for problem in found[name]:
+            print(f"  PROBLEM      {problem}")
+        print()
+    wrong = [f"{name}: {problem}" for name, ps in found.items() for problem in ps]
+    print(f"{len(chosen)} pipeline(s) " + (f"with {len(wrong)} problem(s)" if wrong else "valid")
+          + f"; loaded from the entry points ({ENTRY_POINT_GROUP}) and "
+          + (f"DRIFTLINE_PIPELINES={settings.pipelines}" if settings.pipelines
+             else "no DRIFTLINE_PIPELINES")
+          + f"; namespace: {settings.namespace or 'none'}")
+    for line in wrong:
+        print(f"driftline: {line}", file=sys.stderr)
+    return 1 if wrong else 0
+
+
+def _schema(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from driftline.tools.declarations import json_schemas
+
+    print(json.dumps(json_schemas(PIPELINES[args.pipeline]), indent=2))
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from driftline.tools.demo import run_demo
 
@@ -262,31 +332,49 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
                     keep=args.keep)
 
 
+# The commands that need the declared pipelines: a module that does not load stops them
+# with its reason (exit 2) before they start.
+NEEDS_PIPELINES = {"topics", "worker", "retrainer", "models", "serve", "traffic", "produce",
+                   "replay", "deadletter", "demo", "schema"}
+
+
+def _pipeline_names() -> list[str] | None:
+    """The declared pipelines' names, for the parser's choices; None when a module does not
+    load (the parser is still built: ``init``, ``stack`` or ``--help`` need no pipeline, and
+    :func:`main` reports the reason to a command that does)."""
+    try:
+        return sorted(PIPELINES)
+    except PipelineLoadError:
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    names = _pipeline_names()
 
     p = sub.add_parser("stack", help="the local Kafka broker and Redis server")
     p.add_argument("action", choices=["up", "down", "status"])
     p.set_defaults(func=_stack)
 
     p = sub.add_parser("topics", help="create a pipeline's topics")
-    p.add_argument("pipeline", nargs="*", default=sorted(PIPELINES))
+    p.add_argument("pipeline", nargs="*", default=None,  # checked in main (choices refuse [])
+                   help="default: every declared pipeline")
     p.set_defaults(func=_topics)
 
     p = sub.add_parser("worker", help="run the Faust stream worker")
-    p.add_argument("--pipeline", action="append", default=None, choices=sorted(PIPELINES),
+    p.add_argument("--pipeline", action="append", default=None, choices=names,
                    help="a pipeline to run (repeatable; default: all declared)")
     p.set_defaults(func=_worker)
 
     p = sub.add_parser("retrainer", help="run the retrainer: drift-triggered full retrains")
-    p.add_argument("--pipeline", action="append", default=None, choices=sorted(PIPELINES),
+    p.add_argument("--pipeline", action="append", default=None, choices=names,
                    help="a pipeline to watch (repeatable; default: all declared)")
     p.set_defaults(func=_retrainer)
 
     p = sub.add_parser("models", help="the model registry: list, promote, rollback, retrain")
     p.add_argument("action", choices=["list", "promote", "rollback", "retrain"])
-    p.add_argument("pipeline", choices=sorted(PIPELINES))
+    p.add_argument("pipeline", choices=names)
     p.add_argument("version", type=int, nargs="?", help="the registry version to promote")
     p.add_argument("--json", action="store_true", help="list as JSON")
     p.set_defaults(func=_models)
@@ -305,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("traffic", help="serve a registry version as challenger: split "
                                        "(canary, A/B) or shadow; off ends it")
-    p.add_argument("pipeline", choices=sorted(PIPELINES))
+    p.add_argument("pipeline", choices=names)
     p.add_argument("mode", choices=["split", "shadow", "off"])
     p.add_argument("--challenger", type=int, help="the registry version (split, shadow)")
     p.add_argument("--percent", type=float, default=10.0,
@@ -313,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_traffic)
 
     p = sub.add_parser("produce", help="send a synthetic stream to Kafka")
-    p.add_argument("pipeline", choices=sorted(PIPELINES))
+    p.add_argument("pipeline", choices=names)
     p.add_argument("--rate", type=float, default=200.0, help="events per wall-clock second")
     p.add_argument("--events", type=int, default=10_000)
     p.add_argument("--label-delay", type=float, default=None,
@@ -328,14 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="recompute features from the events topic and compare "
                                       "them with the training log (training-serving parity)")
-    p.add_argument("pipeline", choices=sorted(PIPELINES))
+    p.add_argument("pipeline", choices=names)
     p.add_argument("--show", type=int, default=20, help="differences to print")
     p.set_defaults(func=_replay)
 
     p = sub.add_parser("deadletter", help="the records the worker refused: list them, or "
                                           "send them back (each once) after a fix")
     chosen = argparse.ArgumentParser(add_help=False)
-    chosen.add_argument("pipeline", choices=sorted(PIPELINES))
+    chosen.add_argument("pipeline", choices=names)
     chosen.add_argument("--reason", help="a regular expression searched in the error "
                                          "(any case)")
     chosen.add_argument("--since", help="dead-lettered at or after: epoch seconds, an ISO "
@@ -358,17 +446,47 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_deadletter_replay)
 
     p = sub.add_parser("demo", help="run the whole pipeline for about a minute")
-    p.add_argument("--pipeline", default="fraud", choices=sorted(PIPELINES))
+    p.add_argument("--pipeline", default="fraud", choices=names)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--rate", type=float, default=None,
                    help="events per second (default: 200 for fraud, 100 for pricing)")
     p.add_argument("--keep", action="store_true", help="keep the demo's topics and Redis keys")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("init", help="write a project of your own declaring a pipeline: the "
+                                    "module, a sample producer, a test, pyproject.toml")
+    p.add_argument("directory", help="a new (or empty) directory")
+    p.add_argument("--name", help="the pipeline's name (default: from the directory's)")
+    p.add_argument("--topic", help="your existing events topic, used as named (default: "
+                                   "<name>.events, under DRIFTLINE_NAMESPACE)")
+    p.add_argument("--labels-topic", help="your existing labels topic (default: "
+                                          "<name>.labels, under DRIFTLINE_NAMESPACE)")
+    p.set_defaults(func=_init)
+
+    p = sub.add_parser("validate", help="load the declared pipelines (DRIFTLINE_PIPELINES and "
+                                        "the entry points), check them and print each: "
+                                        "topics, features, model, policies")
+    p.add_argument("pipeline", nargs="*", default=[], help="default: every declared one")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("schema", help="the JSON Schema of a pipeline's events and labels "
+                                      "(what a producer sends)")
+    p.add_argument("pipeline", choices=names)
+    p.set_defaults(func=_schema)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "pipeline", None) is None and args.command in ("worker", "retrainer"):
-        args.pipeline = sorted(PIPELINES)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in NEEDS_PIPELINES:
+        try:
+            declared = sorted(PIPELINES)
+        except PipelineLoadError as exc:
+            print(f"driftline: {exc}", file=sys.stderr)
+            sys.exit(2)
+        if args.command in ("topics", "worker", "retrainer") and not args.pipeline:
+            args.pipeline = declared
+        if args.command == "topics" and (unknown := set(args.pipeline) - set(declared)):
+            parser.error(f"unknown pipeline(s) {sorted(unknown)}; declared: {declared}")
     sys.exit(args.func(args, Settings.from_env()))

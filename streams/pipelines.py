@@ -55,10 +55,11 @@ def load(sources: str = "") -> dict[str, PipelineSpec]:
         if not specs:
             raise PipelineLoadError(f"{where}: the module declares no PipelineSpec")
         for spec in specs:
-            if spec.name in found and found[spec.name][0] is not spec:
+            if spec.name not in found:
+                found[spec.name] = (spec, where)
+            elif found[spec.name][0] is not spec:  # the same one imported is no new pipeline
                 raise PipelineLoadError(f"pipeline {spec.name!r} is declared twice: by "
                                         f"{found[spec.name][1]} and by {where}")
-            found[spec.name] = (spec, where)
     return {name: spec for name, (spec, _) in found.items()}
 
 

@@ -95,3 +95,15 @@ def test_a_module_that_cannot_load_or_declares_nothing_is_named(tmp_path):
         load(str(empty))
     with pytest.raises(PipelineLoadError, match="no such file"):
         load(str(tmp_path / "missing.py"))
+
+
+def test_an_imported_example_is_not_a_second_declaration(tmp_path):
+    reuse = tmp_path / "reuse.py"
+    reuse.write_text("from streams.catalog.pricing import PRICING\n")
+    assert load(str(reuse))["pricing"].name == "pricing"
+    clash = write(tmp_path, name="pricing", filename="clash.py")
+    clash.write_text("from streams.catalog.pricing import PRICING\n" + clash.read_text())
+    with pytest.raises(PipelineLoadError, match=r"'pricing' is declared twice: by entry point "
+                                                r"pricing = streams\.catalog\.pricing and by "
+                                                r".*clash\.py"):
+        load(str(clash))
