@@ -139,6 +139,29 @@ class Settings:
     inference_cache_size: int = 10_000
     # The retrainer's HTTP port, which serves its /metrics (DRIFTLINE_RETRAINER_PORT).
     retrainer_port: int = 6067
+    # ---- trust boundaries (README, "Security") ---------------------------------------
+    # The HMAC-SHA256 key (hex) that signs every model blob and checkpoint; each is
+    # verified before it is loaded. Empty: the key file <data dir>/secrets/model.key, which
+    # `driftline stack up` writes (DRIFTLINE_MODEL_KEY).
+    model_key: str = ""
+    # Redis's ACL user and its password. Empty password: the file
+    # <data dir>/secrets/redis.password, which `driftline stack up` writes
+    # (DRIFTLINE_REDIS_USERNAME, DRIFTLINE_REDIS_PASSWORD).
+    redis_username: str = "driftline"
+    redis_password: str = ""
+    # Kafka client security, passed to every client (confluent-kafka and Faust's aiokafka):
+    # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; the SASL mechanism (PLAIN, SCRAM-SHA-256
+    # or SCRAM-SHA-512) and its credentials; a CA file for TLS
+    # (DRIFTLINE_KAFKA_SECURITY_PROTOCOL, DRIFTLINE_KAFKA_SASL_MECHANISM,
+    # DRIFTLINE_KAFKA_SASL_USERNAME, DRIFTLINE_KAFKA_SASL_PASSWORD, DRIFTLINE_KAFKA_CA_FILE).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ca_file: str = ""
+    # Operators' retrain requests accepted per pipeline in an hour; more are refused
+    # (DRIFTLINE_RETRAIN_REQUESTS_PER_HOUR).
+    retrain_requests_per_hour: int = 6
     # Log level of the services (DRIFTLINE_LOG_LEVEL), and their format: json (one object
     # a line, with the pipeline, event id and model version where a line concerns one) or
     # text (DRIFTLINE_LOG_FORMAT).
