@@ -30,6 +30,7 @@ from agents.outputs import Outputs
 from agents.training_log import TrainingLog, UnreadTraining
 from driftline.adapters.config import Settings
 from driftline.adapters.stores import ModelSnapshot, RedisKeys, SnapshotStore
+from driftline.errors import BlobRefused
 from monitoring import metrics
 from online_models.learner import OnlineLearner
 from online_models.spec import build_model
@@ -120,9 +121,12 @@ class Learning:
             learner = None
             try:
                 learner = await self.snapshots.load_checkpoint()
-            except (pickle.UnpicklingError, AttributeError, ImportError, TypeError):
-                # Written by an incompatible version. (A Redis error propagates: the batch
-                # is retried from the checkpoint's offset once Redis answers.)
+            except (BlobRefused, pickle.UnpicklingError, AttributeError, ImportError,
+                    TypeError):
+                # Written by an incompatible version, or refused: unsigned, altered, or
+                # naming a class a learner does not need (counted and logged by the store).
+                # (A Redis error propagates: the batch is retried from the checkpoint's
+                # offset once Redis answers.)
                 log.exception("%s: unreadable learner checkpoint, starting from the snapshot",
                               self.name)
             if learner is None:

@@ -18,6 +18,8 @@ found, ``ValueError`` for a bad value), so ``except KeyError`` keeps working.
 
 from __future__ import annotations
 
+import pickle
+
 
 class DriftlineError(Exception):
     """The root of Driftline's exceptions; ``fields`` names each bad field with its reason
@@ -61,3 +63,14 @@ class Invalid(DriftlineError, ValueError):
 
 class TooLarge(Invalid):
     """The input is larger than a declared limit (a body, a batch)."""
+
+
+class BlobRefused(DriftlineError, pickle.UnpicklingError):
+    """A stored model blob or checkpoint was refused before it was loaded: unsigned, signed
+    with another key or altered, or naming a class a model does not need
+    (:mod:`driftline.adapters.signing`). ``reason`` says which: ``unsigned``,
+    ``bad_signature``, ``forbidden``, ``unreadable``."""
+
+    def __init__(self, message: str, reason: str = "unreadable") -> None:
+        super().__init__(message)
+        self.reason = reason

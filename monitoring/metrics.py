@@ -114,6 +114,11 @@ SNAPSHOTS = Counter("driftline_model_snapshots_total", "Model snapshots publishe
 MODEL_UNHEALTHY = Counter("driftline_model_unhealthy_total",
                           "Models found scoring non-finite before publication (not published; "
                           "the learner rolled back to its checkpoint)", ["pipeline"])
+BLOBS_REFUSED = Counter("driftline_blobs_refused_total",
+                        "Stored model blobs and checkpoints refused before loading, by store "
+                        "(snapshot, challenger, checkpoint, embedder, embedding_checkpoint, "
+                        "registry) and reason (unsigned, bad_signature, forbidden, unreadable)",
+                        ["store", "reason"])
 
 # ---- retrainer ----------------------------------------------------------------------
 RETRAINS = Counter("driftline_retrains_total",

@@ -5,6 +5,9 @@ file by default or a shared tracking server by URI. We use ``mlflow-skinny`` plu
 and Alembic for its SQL store: 14 s and 150 MB to install instead of 50 s and 825 MB for
 full ``mlflow``, whose server and model flavours we do not use. Models are plain pickles
 logged as run artifacts, not pyfunc models (logging those infers an environment: seconds).
+Each is signed (:mod:`driftline.adapters.signing`) when registered and verified, then
+unpickled with the restricted unpickler, when loaded: one altered in the artifact store, or
+registered before models were signed, is refused (:class:`UnverifiedVersion`, a 409).
 
 Blocking code: call it from async code with ``asyncio.to_thread``.
 """
@@ -15,7 +18,6 @@ import fcntl
 import json
 import logging
 import os
-import pickle
 import re
 import tempfile
 import time
@@ -25,7 +27,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from driftline.errors import Conflict, NotFound
+from driftline.adapters.signing import cached_model_key, load_signed, sign
+from driftline.errors import BlobRefused, Conflict, NotFound
+from monitoring import metrics
 from streams.declarations import model_name
 
 # Set before mlflow is imported, and each still overridable from the environment: services
@@ -51,6 +55,8 @@ if TYPE_CHECKING:
 # Alembic logs every migration step at INFO when a database is created.
 if logging.getLogger("alembic").level == logging.NOTSET:
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 _LINEAGE, _METRICS, _PREVIOUS = "driftline.lineage", "driftline.metrics", "driftline.previous"
@@ -98,6 +104,11 @@ class ModelVersion:
         return asdict(self)
 
 
+class UnverifiedVersion(BlobRefused, Conflict):
+    """A registry version whose model cannot be verified: registered before models were
+    signed, signed with another key, altered, or naming a class a model does not need."""
+
+
 def _sanitise(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", part)
 
@@ -132,9 +143,14 @@ def _init_lock(uri: str) -> Iterator[None]:
 class Registry:
     """Model versions of every pipeline in one MLflow tracking store and model registry."""
 
-    def __init__(self, tracking_uri: str, artifact_root: Path | str, namespace: str = ""):
+    def __init__(self, tracking_uri: str, artifact_root: Path | str, namespace: str = "", *,
+                 signing_key: bytes | None = None, settings: Settings | None = None):
+        """``signing_key`` signs and verifies the models; by default that of ``settings``
+        (else of the environment's settings), read on first use."""
         self.tracking_uri = tracking_uri
         self.namespace = namespace
+        self._signing_key = signing_key
+        self._key_settings = settings
         # A server decides where artifacts go; a local store would default to ./mlruns.
         remote = tracking_uri.startswith(("http://", "https://", "databricks"))
         self._artifact_root = None if remote else Path(artifact_root).expanduser().resolve()
@@ -147,7 +163,16 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Registry:
-        return cls(settings.registry_uri, settings.registry_artifacts, settings.namespace)
+        return cls(settings.registry_uri, settings.registry_artifacts, settings.namespace,
+                   settings=settings)
+
+    @property
+    def signing_key(self) -> bytes:
+        if self._signing_key is None:
+            from driftline.adapters.config import Settings
+
+            self._signing_key = cached_model_key(self._key_settings or Settings.from_env())
+        return self._signing_key
 
     def model_name(self, pipeline: str) -> str:
         """The registered model (and experiment) name: ``driftline.[<namespace>.]<pipeline>``."""
@@ -157,7 +182,7 @@ class Registry:
                  metrics: Mapping[str, float]) -> ModelVersion:
         """A new version of ``pipeline``'s model (not promoted)."""
         name = self.model_name(pipeline)
-        blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)  # fail before any write
+        blob = sign(model, self.signing_key)  # fail before any write
         figures = {k: float(v) for k, v in metrics.items()}
         described = asdict(lineage)
         run = self.client.create_run(
@@ -236,11 +261,27 @@ class Registry:
                 for mv in found]
 
     def load(self, pipeline: str, version: int) -> Any:
-        """The unpickled model of version ``version``."""
+        """The model of version ``version``, verified and unpickled; :class:`UnverifiedVersion`
+        (counted and logged) when it cannot be verified."""
         mv = self._raw(pipeline, version)
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(mv.run_id, f"{_ARTIFACTS}/model.pkl", tmp)
-            return pickle.loads(Path(path).read_bytes())
+            blob = Path(path).read_bytes()
+        try:
+            return load_signed(blob, self.signing_key)
+        except BlobRefused as exc:
+            metrics.BLOBS_REFUSED.labels(store="registry", reason=exc.reason).inc()
+            if exc.reason == "unsigned":
+                why = ("its model is not signed: registered before models were signed (or "
+                       "planted); retrain to register a signed version")
+            elif exc.reason == "bad_signature":
+                why = ("its model's signature does not match: altered, or signed with "
+                       "another key (DRIFTLINE_MODEL_KEY)")
+            else:
+                why = f"its model was refused: {exc}"
+            message = f"{pipeline}: registry version {version} cannot be loaded: {why}"
+            log.warning("%s", message)
+            raise UnverifiedVersion(message, reason=exc.reason) from None
 
     # ---- MLflow plumbing -----------------------------------------------------------------
 

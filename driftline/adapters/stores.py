@@ -1,15 +1,18 @@
 """Redis adapters shared by the worker and the API: the online feature store and the
 model snapshots. All Redis key names are built here and nowhere else.
 
-Model snapshots are pickled River models. Redis is an internal, trusted store on
-loopback (or a private network): never point ``DRIFTLINE_REDIS_URL`` at a Redis that
-untrusted clients can write to.
+Model snapshots, checkpoints and the embedder are pickled River models, signed
+(:mod:`driftline.adapters.signing`): each is verified before it is loaded, and one that is
+unsigned, altered or names a class a model does not need is refused, counted
+(``driftline_blobs_refused_total``) and logged, and the model in memory stays. The key is
+that of the settings the client was made with (:func:`connect`), else of
+``Settings.from_env()``; a store may also be given one.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,7 +24,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import DataError
 
 from driftline.adapters.config import Settings
+from driftline.adapters.signing import (
+    Refusals,
+    client_settings,
+    load_signed,
+    sign,
+    signing_key_of,
+)
+from driftline.errors import BlobRefused
 
+log = logging.getLogger(__name__)
 
 class PackedConnection(aioredis.Connection):
     """A connection whose commands hiredis packs from the arguments as given.
@@ -61,9 +73,11 @@ def connect(settings: Settings) -> aioredis.Redis:
     extra: dict[str, Any] = {}
     if settings.redis_url.startswith("redis://"):  # not TLS nor a Unix socket
         extra["connection_class"] = PackedConnection
-    return aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                   socket_connect_timeout=5, health_check_interval=30,
-                                   **extra)
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                     socket_connect_timeout=5, health_check_interval=30,
+                                     **extra)
+    client_settings[client] = settings
+    return client
 
 
 @dataclass(frozen=True)
@@ -201,15 +215,17 @@ SNAPSHOT_FIELDS = ["blob", "version", "published_at", "fallback", "fallback_exam
                    "oldest_label_at"]
 
 
-def _snapshot(fields: dict[str, Any]) -> ModelSnapshot:
-    """A snapshot from its stored fields (bytes from Redis, or as just published)."""
+def _snapshot(fields: dict[str, Any], key: bytes) -> ModelSnapshot:
+    """A snapshot from its stored fields (bytes from Redis, or as just published), its
+    model and fallback verified with ``key``; :class:`BlobRefused` if either is not."""
     def text(name: str) -> str | None:
         value = fields.get(name)
         return value.decode() if isinstance(value, bytes) else value
 
     version = text("version")
-    return ModelSnapshot(pickle.loads(fields["blob"]), version, float(text("published_at") or 0),
-                         pickle.loads(fields["fallback"]) if "fallback" in fields else None,
+    return ModelSnapshot(load_signed(fields["blob"], key), version,
+                         float(text("published_at") or 0),
+                         load_signed(fields["fallback"], key) if "fallback" in fields else None,
                          int(text("fallback_examples") or 0), text("id") or version,
                          float(text("oldest_label_at")) if "oldest_label_at" in fields else None)
 
@@ -218,11 +234,23 @@ class SnapshotStore:
     """The latest model snapshot of a pipeline, written by its one learner, and the
     learner's checkpoint; with ``key=keys.challenger``, the challenger of a traffic split."""
 
-    def __init__(self, client: aioredis.Redis, keys: RedisKeys, key: str | None = None) -> None:
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys, key: str | None = None, *,
+                 signing_key: bytes | None = None) -> None:
         self.redis = client
         self.keys = keys
         self.key = key or keys.model
         self.published: dict[str, Any] = {}  # the fields last published from here
+        self._signing_key = signing_key
+        kind = "challenger" if key is not None and key == keys.challenger else "snapshot"
+        self._refusals = Refusals(kind, keys.pipeline)
+        self._checkpoint_refusals = Refusals("checkpoint", keys.pipeline)
+
+    @property
+    def signing_key(self) -> bytes:
+        """The key its blobs are signed and verified with (read on first use)."""
+        if self._signing_key is None:
+            self._signing_key = signing_key_of(self.redis)
+        return self._signing_key
 
     async def publish(self, model: Any, version: str, *, only_if_absent: bool = False,
                       fallback: Any = None, fallback_examples: int = 0,
@@ -232,11 +260,12 @@ class SnapshotStore:
         ``oldest_label_at`` is when the oldest label this model has learned and the one
         before it had not became a training example (a scorer that swaps it in measures
         label-to-serving time from it)."""
-        # Pickled before the first await: nothing can change them half-way.
-        mapping = {"blob": pickle.dumps(model), "version": version,
+        # Pickled (and signed) before the first await: nothing can change them half-way.
+        key = self.signing_key
+        mapping = {"blob": sign(model, key), "version": version,
                    "published_at": repr(time.time()), "id": uuid.uuid4().hex}
         if fallback is not None:
-            mapping["fallback"] = pickle.dumps(fallback)
+            mapping["fallback"] = sign(fallback, key)
             mapping["fallback_examples"] = str(fallback_examples)
         if oldest_label_at is not None:
             mapping["oldest_label_at"] = repr(oldest_label_at)
@@ -250,7 +279,7 @@ class SnapshotStore:
 
     def last_published(self) -> ModelSnapshot:
         """What this store last published, as a scorer would load it (a copy)."""
-        return _snapshot(self.published)
+        return _snapshot(self.published, self.signing_key)
 
     async def save_checkpoint(self, learner: Any, version: str) -> None:
         """The learner's whole state (its model, its input offset, the drift monitors'
@@ -258,12 +287,21 @@ class SnapshotStore:
         crash the learner resumes from it and learns again, from the training log, what
         came after; the served model may be ahead of it meanwhile, never behind for long."""
         await self.redis.hset(self.keys.checkpoint,
-                          mapping={"state": pickle.dumps(learner), "version": version})
+                              mapping={"state": sign(learner, self.signing_key),
+                                       "version": version})
 
     async def load_checkpoint(self) -> Any:
-        """The learner as last checkpointed, or None."""
+        """The learner as last checkpointed, or None; :class:`BlobRefused` (counted and
+        logged) for a checkpoint that is not signed with our key or names a class a
+        learner does not need."""
         blob = await self.redis.hget(self.keys.checkpoint, "state")
-        return pickle.loads(blob) if blob is not None else None
+        if blob is None:
+            return None
+        try:
+            return load_signed(blob, self.signing_key)
+        except BlobRefused as exc:
+            self._checkpoint_refusals.refused(exc, blob, "learner checkpoint")
+            raise
 
     async def snapshot_id(self) -> str | None:
         """The published snapshot's unique id (its version, for one published before ids)."""
@@ -272,11 +310,19 @@ class SnapshotStore:
         return value.decode() if value is not None else None
 
     async def load(self) -> ModelSnapshot | None:
+        """The published snapshot, verified; None when there is none. One that is refused
+        raises :class:`BlobRefused`, counted and logged once."""
         values = await self.redis.hmget(self.key, SNAPSHOT_FIELDS)
         found = {k: v for k, v in zip(SNAPSHOT_FIELDS, values, strict=True) if v is not None}
         if "blob" not in found or "version" not in found:
             return None
-        return _snapshot(found)
+        try:
+            return _snapshot(found, self.signing_key)
+        except BlobRefused as exc:
+            version = found["version"].decode(errors="replace")
+            self._refusals.refused(exc, found["blob"] + found.get("fallback", b""),
+                                   f"version {version}")
+            raise
 
     async def delete(self) -> None:
         await self.redis.delete(self.key)
@@ -286,24 +332,51 @@ class EmbeddingStore:
     """The embedding agent's checkpoint, the frozen embedder it publishes for the scorers
     and the API, and the register of erased entities."""
 
-    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys, *,
+                 signing_key: bytes | None = None) -> None:
         self.redis = client
         self.keys = keys
+        self._signing_key = signing_key
+        self._checkpoint_refusals = Refusals("embedding_checkpoint", keys.pipeline)
+        self._embedder_refusals = Refusals("embedder", keys.pipeline)
+
+    @property
+    def signing_key(self) -> bytes:
+        if self._signing_key is None:
+            self._signing_key = signing_key_of(self.redis)
+        return self._signing_key
 
     async def save(self, checkpoint: Any, embedder: Any | None) -> None:
-        mapping = {"checkpoint": pickle.dumps(checkpoint)}
+        key = self.signing_key
+        mapping = {"checkpoint": sign(checkpoint, key)}
         if embedder is not None:
-            mapping["embedder"] = pickle.dumps(embedder)
+            mapping["embedder"] = sign(embedder, key)
         await self.redis.hset(self.keys.embedding, mapping=mapping)
 
     async def checkpoint(self) -> Any:
+        """The agent's checkpoint, or None; :class:`BlobRefused` (counted and logged) for
+        one that is not signed with our key or names a class it does not need."""
         blob = await self.redis.hget(self.keys.embedding, "checkpoint")
-        return pickle.loads(blob) if blob is not None else None
+        if blob is None:
+            return None
+        try:
+            return load_signed(blob, self.signing_key)
+        except BlobRefused as exc:
+            self._checkpoint_refusals.refused(exc, blob)
+            raise
 
     async def embedder(self) -> Any:
-        """The frozen embedder, or None while the agent is still fitting it."""
+        """The frozen embedder, or None while the agent is still fitting it, and None
+        (counted and logged once) when the one stored is refused: scoring goes on without
+        the neighbour feature."""
         blob = await self.redis.hget(self.keys.embedding, "embedder")
-        return pickle.loads(blob) if blob is not None else None
+        if blob is None:
+            return None
+        try:
+            return load_signed(blob, self.signing_key)
+        except BlobRefused as exc:
+            self._embedder_refusals.refused(exc, blob)
+            return None
 
     async def forget(self, entity: str, until: float) -> None:
         """Record that ``entity``'s data up to event time ``until`` is erased."""
@@ -329,10 +402,12 @@ class EmbeddingStore:
 class TrafficStore:
     """The traffic split of a pipeline (its JSON) and the challenger's snapshot."""
 
-    def __init__(self, client: aioredis.Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: aioredis.Redis, keys: RedisKeys, *,
+                 signing_key: bytes | None = None) -> None:
         self.redis = client
         self.keys = keys
-        self.challenger = SnapshotStore(client, keys, key=keys.challenger)
+        self.challenger = SnapshotStore(client, keys, key=keys.challenger,
+                                        signing_key=signing_key)
 
     async def set(self, split: dict[str, Any], model: Any, version: str) -> None:
         """Publish ``model`` as the challenger, then the split that serves it."""
@@ -360,13 +435,22 @@ class LiveModel:
     def __init__(self, store: SnapshotStore) -> None:
         self.store = store
         self.current: ModelSnapshot | None = None
+        self.refused: str | None = None  # the id of the last snapshot refused
 
     async def refresh(self) -> bool:
-        """Load the published snapshot if it is newer than ours; return whether it was."""
+        """Load the published snapshot if it is newer than ours; return whether it was.
+        One that is refused (unsigned, altered, naming a forbidden class: counted and
+        logged by the store) is not swapped in nor loaded again: the model in memory
+        stays until a valid one is published."""
         found = await self.store.snapshot_id()
-        if found is None or (self.current and self.current.snapshot_id == found):
+        if found is None or (self.current and self.current.snapshot_id == found) \
+                or found == self.refused:
             return False
-        snap = await self.store.load()
+        try:
+            snap = await self.store.load()
+        except BlobRefused:
+            self.refused = found
+            return False
         if snap is None:
             return False
         self.current = snap

@@ -4,7 +4,6 @@ the training-topic offset they reflect."""
 
 from __future__ import annotations
 
-import pickle
 import time
 import uuid
 from collections import Counter
@@ -13,6 +12,7 @@ import pytest
 import redis
 
 from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.signing import load_signed, model_key
 from driftline.adapters.stores import RedisKeys
 from driftline.adapters.topic_reader import watermarks
 from driftline.adapters.vectors import collection_names
@@ -41,7 +41,8 @@ def own_settings(settings):
 def served_model(s):
     client = redis.Redis.from_url(s.redis_url)
     try:
-        return pickle.loads(client.hget(RedisKeys(s.redis_prefix, "fraud").model, "blob"))
+        blob = client.hget(RedisKeys(s.redis_prefix, "fraud").model, "blob")
+        return load_signed(blob, model_key(s))
     finally:
         client.close()
 
