@@ -78,10 +78,11 @@ from redis.exceptions import RedisError
 
 from driftline.adapters.config import Settings
 from driftline.adapters.stores import connect
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import ServiceProcess, api_process, api_url
 from driftline.tools.seeding import Seeded, seed
-from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.stack import LocalStack
 from monitoring.scrape import Scrape, scrape
 from serving.auth import new_token
 from streams.pipelines import PIPELINES

@@ -75,9 +75,10 @@ from driftline.adapters.config import Settings
 from driftline.adapters.kafka_admin import ensure_pipeline_topics, partition_counts
 from driftline.adapters.stores import learner_status
 from driftline.adapters.topic_reader import committed_offset, read_topic, watermarks
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import ServiceProcess, api_process, api_url, worker_process
-from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.stack import LocalStack
 from driftline.tools.synthetic import ProduceReport, produce
 from monitoring.scrape import Scrape, scrape
 from serving.auth import new_token

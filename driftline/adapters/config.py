@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from urllib.parse import quote
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]  # driftline/adapters/config.py
 
@@ -145,8 +146,10 @@ class Settings:
     # `driftline stack up` writes (DRIFTLINE_MODEL_KEY).
     model_key: str = ""
     # Redis's ACL user and its password. Empty password: the file
-    # <data dir>/secrets/redis.password, which `driftline stack up` writes
-    # (DRIFTLINE_REDIS_USERNAME, DRIFTLINE_REDIS_PASSWORD).
+    # <data dir>/secrets/redis.password, which `driftline stack up` writes, read by
+    # from_env() (DRIFTLINE_REDIS_USERNAME, DRIFTLINE_REDIS_PASSWORD). With a password and
+    # no DRIFTLINE_REDIS_URL, the derived URL carries the user and the password; with
+    # neither, it is the local stack's without a password (a Redis started before the ACL).
     redis_username: str = "driftline"
     redis_password: str = ""
     # Kafka client security, passed to every client (confluent-kafka and Faust's aiokafka):
@@ -176,7 +179,12 @@ class Settings:
         if not self.kafka_bootstrap:
             object.__setattr__(self, "kafka_bootstrap", f"127.0.0.1:{self.kafka_port}")
         if not self.redis_url:
-            object.__setattr__(self, "redis_url", f"redis://127.0.0.1:{self.redis_port}/0")
+            credentials = ""
+            if self.redis_password:
+                credentials = (f"{quote(self.redis_username, safe='')}:"
+                               f"{quote(self.redis_password, safe='')}@")
+            object.__setattr__(self, "redis_url",
+                               f"redis://{credentials}127.0.0.1:{self.redis_port}/0")
         if not self.worker_metrics_url:
             host = "127.0.0.1" if self.worker_host in ("0.0.0.0", "::", "") else self.worker_host
             object.__setattr__(self, "worker_metrics_url",
@@ -190,13 +198,22 @@ class Settings:
             object.__setattr__(self, "registry_artifacts", str(registry / "artifacts"))
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: dict[str, str] | None = None, *,
+                 secrets: bool | None = None) -> Settings:
         """Build the settings from ``DRIFTLINE_*`` variables over the defaults.
+
+        With ``secrets`` (the default when reading the process's own environment, not a
+        given mapping), a secret left empty there is read from the files that
+        ``driftline stack up`` writes in ``<data dir>/secrets/``: the Redis password.
+        A given mapping is the whole configuration, so that it means the same on every
+        machine.
 
         >>> Settings.from_env({"DRIFTLINE_PARTITIONS": "2"}).partitions
         2
         """
         env = os.environ if environ is None else environ
+        if secrets is None:
+            secrets = environ is None
         values: dict[str, object] = {}
         for f in fields(cls):
             raw = env.get(ENV_NAMES.get(f.name, "DRIFTLINE_" + f.name.upper()))
@@ -213,6 +230,11 @@ class Settings:
                 values[f.name] = float(raw)
             else:
                 values[f.name] = raw
+        if secrets and not values.get("redis_password"):
+            data_dir = Path(values.get("data_dir", cls.data_dir))
+            password = read_secret(data_dir, REDIS_PASSWORD_FILE)
+            if password:
+                values["redis_password"] = password
         return cls(**values)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -220,7 +242,8 @@ class Settings:
         derived = {}
         if "kafka_port" in changes and "kafka_bootstrap" not in changes:
             derived["kafka_bootstrap"] = ""
-        if "redis_port" in changes and "redis_url" not in changes:
+        if ({"redis_port", "redis_username", "redis_password"} & changes.keys()
+                and "redis_url" not in changes):
             derived["redis_url"] = ""
         if "milvus_port" in changes and "milvus_uri" not in changes:
             derived["milvus_uri"] = ""
@@ -252,6 +275,25 @@ class Settings:
     @property
     def redis_prefix(self) -> str:
         return f"driftline:{self.namespace}:" if self.namespace else "driftline:"
+
+
+# The secrets `driftline stack up` writes: a directory of the data dir (mode 0700), one
+# file a secret (mode 0600).
+SECRETS_DIR = "secrets"
+REDIS_PASSWORD_FILE = "redis.password"
+
+
+def secret_path(data_dir: Path, name: str) -> Path:
+    return Path(data_dir) / SECRETS_DIR / name
+
+
+def read_secret(data_dir: Path, name: str) -> str:
+    """The secret ``name`` of the data dir, surrounding whitespace removed; empty when
+    its file is missing or unreadable."""
+    try:
+        return secret_path(data_dir, name).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 ENV_NAMES = {

@@ -46,6 +46,8 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
     print(f"== Driftline demo: the {pipeline} pipeline, learning from delayed labels ==",
           flush=True)
     LocalStack(settings).up()
+    if not settings.redis_password:  # the first `up` writes it: the clients need it
+        settings = settings.with_overrides(redis_password=Settings.from_env().redis_password)
     # Each demo runs in a namespace of its own, so that it starts from an untrained model
     # and never meets the event times of an earlier run (which would be late data).
     run_id = uuid.uuid4().hex[:8]

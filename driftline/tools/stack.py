@@ -12,21 +12,39 @@ API both reach by URI, exactly as they would reach a Milvus server.
 Each service started here leaves a pid file in the data directory; ``down`` stops only
 the processes named by those files, so a broker or Redis that something else started is
 never touched.
+
+``up`` first writes the stack's secrets into ``<data dir>/secrets/`` (mode 0700, each file
+0600) when they are missing: the Redis password, and the key that signs the models
+(:func:`driftline.adapters.signing.ensure_model_key`). Redis starts with an ACL file of the
+data dir: the ``default`` user off, so a client without the password is refused, and the
+one user the services authenticate as (``DRIFTLINE_REDIS_USERNAME``) with the password.
+``Settings.from_env()`` reads the password from the same file.
 """
 
 from __future__ import annotations
 
-import os
+import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftline.adapters.config import Settings
+from driftline.adapters.config import REDIS_PASSWORD_FILE, Settings, read_secret, secret_path
+from driftline.adapters.signing import ensure_model_key
+from driftline.tools.host import (
+    StackError,
+    alive,
+    ensure_debian_binary,
+    ensure_redis_server,
+    ensure_secret,
+    port_open,
+    sha256,
+    tail,
+    terminate,
+    write_private,
+)
 
 POM = Path(__file__).resolve().parents[2] / "scripts" / "kafka" / "pom.xml"
 
@@ -43,8 +61,15 @@ log4j.logger.kafka.request.logger=WARN
 """
 
 
-class StackError(RuntimeError):
-    """A service of the local stack could not be brought up."""
+# The rules of the one Redis user the services authenticate as: every key, channel and
+# command (one application user; the `default` user is off).
+REDIS_USER_RULES = ("~*", "&*", "+@all")
+# The `default` user, which unauthenticated connections are: off, and without a password,
+# so no one is it. It keeps every permission all the same: Redis 7.0 replays the
+# append-only file as `default`, and checks a transaction's commands (a Lua script's
+# writes are logged as one) against its permissions at EXEC; with none (`user default
+# off` alone means -@all) it drops them from the data it loads.
+REDIS_DEFAULT_USER = "user default off ~* &* +@all"
 
 
 @dataclass(frozen=True)
@@ -84,8 +109,10 @@ class LocalStack:
     # ---- public commands -------------------------------------------------------------
 
     def up(self, timeout: float = 90.0, services: tuple[str, ...] = SERVICES) -> None:
-        """Bring the services up; a service already up is left as it is."""
+        """Write the secrets that are missing, then bring the services up; a service
+        already up is left as it is."""
         self.data.mkdir(parents=True, exist_ok=True)
+        self.ensure_secrets()
         for name in ("redis", "milvus", "kafka"):
             if name in services:
                 getattr(self, f"_up_{name}")(timeout)
@@ -100,7 +127,7 @@ class LocalStack:
                 self._say(f"{name}: not started by driftline, nothing to stop")
                 continue
             self._say(f"{name}: stopping pid {pid}")
-            _terminate(pid)
+            terminate(pid)
             self._pidfile(name).unlink(missing_ok=True)
 
     def pid(self, name: str) -> int | None:
@@ -112,10 +139,16 @@ class LocalStack:
             self._status("kafka", self.settings.kafka_bootstrap, self.kafka_dir / "kafka.log",
                          self._kafka_ready),
             self._status("redis", f"127.0.0.1:{self.settings.redis_port}",
-                         self.redis_dir / "redis.log", self._redis_ready),
+                         self.redis_dir / "redis.log", self._redis_answers),
             self._status("milvus", self.settings.milvus_uri, self.milvus_dir / "milvus.log",
                          self._milvus_ready),
         ]
+
+    def ensure_secrets(self) -> None:
+        """The secrets directory (0700), the Redis password and the model key: each
+        written (0600) when missing, never replaced."""
+        ensure_secret(self.data, REDIS_PASSWORD_FILE, lambda: secrets.token_urlsafe(32))
+        ensure_model_key(self.settings)
 
     def _ensure_kcat(self) -> None:
         """Debian's ``kcat``, the Kafka command-line client the README's "Your own feed"
@@ -141,7 +174,7 @@ class LocalStack:
         self._wait("milvus", pid, self._milvus_ready, timeout, log)
 
     def _milvus_ready(self) -> bool:
-        if not _port_open(self.settings.milvus_port):
+        if not port_open(self.settings.milvus_port):
             return False
         from driftline.adapters.vectors import blocking_client
 
@@ -158,29 +191,129 @@ class LocalStack:
     # ---- Redis -----------------------------------------------------------------------
 
     def _up_redis(self, timeout: float) -> None:
-        if self._redis_ready():
-            self._say(f"redis: up at 127.0.0.1:{self.settings.redis_port}")
+        address = f"127.0.0.1:{self.settings.redis_port}"
+        state = self._redis_state()
+        deadline = time.monotonic() + timeout
+        while state == "loading" and time.monotonic() < deadline:  # reading its AOF
+            time.sleep(0.5)
+            state = self._redis_state()
+        if state == "ready":
+            note = ""
+            if self._redis_answers_anyone():
+                note = ("; it still answers clients without the password (started before the "
+                        "ACL) until its next start")
+            self._say(f"redis: up at {address}{note}")
             return
+        if state == "open":
+            self._redis_open_note(address)
+            return
+        if state == "refused":
+            raise StackError(
+                f"redis: {address} answers but refuses the user {self.settings.redis_username!r} "
+                f"with the password of {secret_path(self.data, REDIS_PASSWORD_FILE)} (or "
+                "DRIFTLINE_REDIS_PASSWORD); set the password it was started with, or stop it "
+                "(`driftline stack down` when driftline started it) and run `stack up` again")
         binary = ensure_redis_server()
         self.redis_dir.mkdir(parents=True, exist_ok=True)
         log = self.redis_dir / "redis.log"
+        acl = self._write_redis_acl()
         # An append-only file: the features could be rebuilt from Kafka, but the erasure
         # register, the frozen embedder and the checkpoints are state of their own.
         cmd = [binary, "--bind", "127.0.0.1", "--port", str(self.settings.redis_port),
                "--dir", str(self.redis_dir), "--save", "", "--appendonly", "yes",
                "--appendfsync", "everysec",
-               "--daemonize", "no", "--protected-mode", "yes"]
+               "--daemonize", "no", "--protected-mode", "yes",
+               "--aclfile", str(acl)]
         pid = self._spawn("redis", cmd, log)
         self._wait("redis", pid, self._redis_ready, timeout, log)
 
-    def _redis_ready(self) -> bool:
+    def _redis_open_note(self, address: str) -> None:
+        """A Redis that answers without a password: one started before the ACL. It is not
+        restarted. When this stack started it, its user is added at once (clients with the
+        password work from now on) and the `default` user is left on, so the clients
+        already running are not cut off; it is off from the next start."""
+        user = self.settings.redis_username
+        if self._owned_pid("redis") is None:
+            self._say(f"redis: up at {address}, not started by driftline and without a "
+                      "password; left as it is")
+            return
+        import redis
+
+        client = _redis_client(self.settings.redis_port)
         try:
-            address = ("127.0.0.1", self.settings.redis_port)
-            with socket.create_connection(address, timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
+            client.execute_command("ACL", "SETUSER", user, "reset", "on",
+                                   "#" + sha256(self._redis_password()), *REDIS_USER_RULES)
+        except redis.RedisError as exc:
+            raise StackError(f"redis: could not add the ACL user {user!r} to the Redis "
+                             f"running at {address}: {exc}") from exc
+        finally:
+            client.close()
+        self._say(f"redis: up at {address}, started without a password: user {user!r} added "
+                  "live; clients without the password are refused from its next start")
+
+    def _redis_password(self) -> str:
+        """The configured password, else the stack's file (the settings may predate it)."""
+        return self.settings.redis_password or read_secret(self.data, REDIS_PASSWORD_FILE)
+
+    def _write_redis_acl(self) -> Path:
+        """The ACL file Redis starts with (0600, the password as its SHA-256): the
+        `default` user off, the services' user on."""
+        password = self._redis_password()
+        if not password:
+            raise StackError(f"redis: no password in {secret_path(self.data, REDIS_PASSWORD_FILE)}")
+        acl = self.redis_dir / "users.acl"
+        rules = " ".join(REDIS_USER_RULES)
+        write_private(acl, f"{REDIS_DEFAULT_USER}\n"
+                       f"user {self.settings.redis_username} on #{sha256(password)} {rules}\n")
+        return acl
+
+    def _redis_state(self) -> str:
+        """``ready`` (PONG to this stack's user and password), ``open`` (PONG without a
+        password: a Redis without the ACL), ``refused`` (it answers, and refuses both),
+        ``loading`` (it is reading its append-only file) or ``down``."""
+        import redis
+
+        port = self.settings.redis_port
+        if not port_open(port):
+            return "down"
+        password = self._redis_password()
+        attempts = [(self.settings.redis_username, password)] if password else []
+        for username, secret in [*attempts, (None, None)]:
+            client = _redis_client(port, username, secret)
+            try:
+                client.ping()
+                return "ready" if secret else "open"
+            except redis.BusyLoadingError:
+                return "loading"
+            except redis.AuthenticationError:
+                continue
+            except redis.ResponseError as exc:
+                if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                    continue
+                return "refused"
+            except (redis.RedisError, OSError):
+                return "down"
+            finally:
+                client.close()
+        return "refused"
+
+    def _redis_ready(self) -> bool:
+        return self._redis_state() == "ready"
+
+    def _redis_answers_anyone(self) -> bool:
+        """Whether a client without the password gets a PONG (the `default` user is on)."""
+        import redis
+
+        client = _redis_client(self.settings.redis_port)
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
             return False
+        finally:
+            client.close()
+
+    def _redis_answers(self) -> bool:
+        return self._redis_state() in ("ready", "open", "refused", "loading")
 
     # ---- Kafka -----------------------------------------------------------------------
 
@@ -190,7 +323,7 @@ class LocalStack:
             return
         broker_port = self.settings.kafka_port
         controller_port = self.settings.kafka_controller_port
-        if _port_open(broker_port) or _port_open(controller_port):
+        if port_open(broker_port) or port_open(controller_port):
             raise StackError(
                 f"kafka: port {broker_port} or {controller_port} is taken "
                 "by a process that is not a ready Kafka broker; set DRIFTLINE_KAFKA_PORT / "
@@ -264,13 +397,14 @@ log.retention.hours=168
         return props
 
     def _kafka_ready(self) -> bool:
-        if not _port_open(self.settings.kafka_port):
+        if not port_open(self.settings.kafka_port):
             return False
         from confluent_kafka.admin import AdminClient
 
+        from driftline.adapters.kafka_clients import client_config
+
         try:
-            admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap,
-                                 "socket.timeout.ms": 2000})
+            admin = AdminClient({**client_config(self.settings), "socket.timeout.ms": 2000})
             admin.list_topics(timeout=3)
             return True
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
@@ -286,7 +420,7 @@ log.retention.hours=168
             pid = int(self._pidfile(name).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     def _spawn(self, name: str, cmd: list[str], log: Path) -> int:
         self._say(f"{name}: starting, log in {log}")
@@ -302,9 +436,9 @@ log.retention.hours=168
             if ready():
                 self._say(f"{name}: ready (pid {pid})")
                 return
-            if not _alive(pid):
-                tail = _tail(log)
-                raise StackError(f"{name}: exited while starting; last lines of {log}:\n{tail}")
+            if not alive(pid):
+                last = tail(log)
+                raise StackError(f"{name}: exited while starting; last lines of {log}:\n{last}")
             time.sleep(0.5)
         raise StackError(f"{name}: not ready after {timeout:.0f}s; see {log}")
 
@@ -316,74 +450,9 @@ log.retention.hours=168
         print(msg, file=self.out, flush=True)
 
 
-def ensure_redis_server() -> str:
-    """The path of ``redis-server``, installing Debian's package when it is missing."""
-    return ensure_debian_binary("redis-server", "redis-server")
+def _redis_client(port: int, username: str | None = None, password: str | None = None):
+    """A one-shot client of the stack's Redis, quick to give up (status, readiness)."""
+    import redis
 
-
-def ensure_debian_binary(binary: str, package: str) -> str:
-    """The path of ``binary``, installing Debian's ``package`` when it is missing (as root,
-    or with passwordless sudo): the machines this runs on reach Debian's archive."""
-    found = shutil.which(binary)
-    if found:
-        return found
-    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print(f"{binary}: installing Debian's {package}", flush=True)
-    wait = ["-o", "DPkg::Lock::Timeout=300"]  # another install may hold the lock
-    subprocess.run([*prefix, "apt-get", *wait, "update", "-qq"], check=True, env=env)
-    subprocess.run([*prefix, "apt-get", *wait, "install", "-y", "-qq",
-                    "--no-install-recommends", package], check=True, env=env)
-    found = shutil.which(binary) or f"/usr/bin/{binary}"
-    if not Path(found).exists():
-        raise StackError(f"{binary} is still missing after apt-get install {package}")
-    return found
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def _terminate(pid: int, grace: float = 20.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    return redis.Redis(host="127.0.0.1", port=port, username=username, password=password,
+                       socket_timeout=2, socket_connect_timeout=1, retry=None)

@@ -24,10 +24,11 @@ import redis
 
 from driftline.adapters.config import Settings
 from driftline.adapters.stores import RedisKeys, SnapshotStore, connect
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import api_process, api_url
 from driftline.tools.seeding import seed
-from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.stack import LocalStack
 from monitoring.scrape import scrape
 from online_models.explain import contributions
 from online_models.registry import Lineage, Registry

@@ -24,9 +24,9 @@ import pytest
 
 from driftline.adapters.config import Settings
 from driftline.adapters.stores import RedisKeys, SnapshotStore, connect
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import api_process
-from driftline.tools.stack import free_port
 from online_models.spec import build_model, predict
 from streams.catalog.fraud import FRAUD
 from tests.integration.conftest import TOKENS, wait_for

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from driftline.tools.stack import ensure_debian_binary
+from driftline.tools.host import ensure_debian_binary
 from driftline.tools.synthetic import produce
 from streams.catalog.fraud import FRAUD
 from streams.generators import pipeline_history

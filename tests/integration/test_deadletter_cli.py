@@ -22,8 +22,8 @@ import driftline.tools.deadletters
 from driftline.adapters.kafka_admin import ensure_topics
 from driftline.adapters.topic_reader import read_topic
 from driftline.cli import main
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
-from driftline.tools.stack import free_port
 from streams.catalog.fraud import FRAUD
 from streams.schemas import DeadLetter
 from streams.topics import PipelineTopics

@@ -15,9 +15,9 @@ import uuid
 import pytest
 
 from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import api_process, worker_process
-from driftline.tools.stack import free_port
 from monitoring.scrape import scrape
 from streams.pipelines import ENVIRONMENT, PIPELINES
 from streams.topics import PipelineTopics

@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.tools.host import ensure_debian_binary, free_port
 from driftline.tools.processes import api_process, api_url, http_ok
-from driftline.tools.stack import ensure_debian_binary, free_port
 from monitoring.scrape import scrape
 from streams.generators.pricing import PricingGenerator, PricingStreamConfig
 from tests.integration.conftest import call, send, wait_for

@@ -9,9 +9,9 @@ import uuid
 import pytest
 
 from driftline.adapters.kafka_admin import admin, ensure_topics
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import worker_process
-from driftline.tools.stack import free_port
 from monitoring.scrape import scrape
 from streams.catalog.fraud import FRAUD
 from streams.generators.fraud import FraudGenerator, FraudStreamConfig
