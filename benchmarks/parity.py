@@ -55,9 +55,10 @@ from pathlib import Path
 from driftline.adapters.config import Settings
 from driftline.adapters.kafka_admin import ensure_pipeline_topics
 from driftline.adapters.topic_reader import TopicRecord, read_topic
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import worker_process
-from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.stack import LocalStack
 from driftline.tools.synthetic import produce
 from monitoring.quantiles import histogram_quantile
 from monitoring.scrape import Scrape, scrape

@@ -34,7 +34,8 @@ import numpy as np
 
 from driftline.adapters.config import Settings
 from driftline.adapters.vectors import VectorStore, collection_names, ensure_collections
-from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.host import free_port
+from driftline.tools.stack import LocalStack
 from streams.catalog.fraud import FRAUD
 from streams.embeddings import EventEmbedder
 
