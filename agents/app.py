@@ -30,9 +30,15 @@ from driftline.adapters.kafka_admin import (
     partition_counts,
     refuse_other_partitioning,
 )
+from driftline.adapters.kafka_clients import faust_credentials
 from monitoring.metrics import exposition
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
+
+# Faust's built-in web pages, each off (the worker answers 404 there).
+WEB_PAGES_OFF = {"web_tables_enabled": False, "web_router_enabled": False,
+                 "web_stats_enabled": False, "web_graph_enabled": False,
+                 "web_metrics_enabled": False}
 
 
 def _dump_tasks() -> None:
@@ -47,15 +53,23 @@ def create_app(settings: Settings, pipelines: list[str] | None = None) -> faust.
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir / "worker" / settings.app_id),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
+        # Faust binds ``web_bind`` (all interfaces unless set) and uses ``web_host`` only
+        # for its own URLs: both are the worker host, loopback unless configured.
+        web_bind=settings.worker_host,
         web_host=settings.worker_host,
         web_port=settings.worker_port,
         web_in_thread=False,
+        # Faust's own pages off: /table/... served any key's value (a card's amounts,
+        # merchants, event ids) to whoever reached the port; /router/... the cluster's
+        # layout. Only the routes below (/metrics, /healthz) are served, and Faust's "/".
+        **WEB_PAGES_OFF,
         producer_acks=-1,
         broker_commit_interval=1.0,
         # A crashed worker's partitions move to a live one after 10 s, not Faust's 60.

@@ -83,8 +83,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         return serve(settings, args.host or settings.api_host, args.port or settings.api_port,
-                     args.workers or settings.api_workers)
-    except ValueError as exc:  # a malformed setting, named
+                     args.workers or settings.api_workers, insecure=args.insecure)
+    except ValueError as exc:  # a malformed setting, or no tokens beyond loopback: named
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -384,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int, default=None,
                    help="processes on the one port (default: DRIFTLINE_API_WORKERS, 1)")
+    p.add_argument("--insecure", action="store_true",
+                   help="serve beyond loopback without DRIFTLINE_API_TOKENS: anyone who "
+                        "reaches the port may act as admin")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("token", help="make an API token and its DRIFTLINE_API_TOKENS entry")

@@ -24,7 +24,7 @@ treat it as read-only.
 >>> doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"]["events"]["maxItems"]
 50
 >>> sorted(batch["responses"])
-['200', '400', '401', '413', '422', '503']
+['200', '400', '401', '403', '413', '422', '503']
 >>> doc["paths"]["/healthz"]["get"]["security"], batch["security"]
 ([], [{'bearerAuth': []}])
 >>> doc["components"]["schemas"]["Error"]["required"]
@@ -55,11 +55,14 @@ REF = "#/components/schemas/{model}"
 ERROR_TEXT = {
     400: "The body could not be read (a broken compressed body, say).",
     401: "No bearer token, or an unknown one.",
-    403: "The token's role may not do this.",
+    403: "The token's role may not do this; or the request came from another site: a "
+         "foreign `Origin` on a request that changes something, or (on a server without "
+         "tokens) a `Host` that is a public name.",
     404: "Not found (the field names what).",
     409: "Conflicts with the registry's state (nothing to roll back to).",
     413: "The body is larger than DRIFTLINE_API_MAX_BODY_BYTES, or the batch longer than "
          "DRIFTLINE_API_BATCH_MAX.",
+    415: "The body is not `application/json` (`Content-Type`): admin routes read JSON only.",
     422: "Invalid input: each bad field with its reason (`$` for the body as a whole).",
     503: "A dependency is unavailable (not the caller's fault); retrying later may succeed.",
 }
@@ -93,6 +96,12 @@ def _document(settings: Settings) -> dict[str, Any]:
             op["responses"].update(_errors({401: None}))
             if route.role != ROLES[0]:
                 op["responses"].update(_errors({403: None}))
+        if route.method != "GET":
+            op["responses"].update(_errors({403: None}))      # a foreign Origin
+            if route.role == ROLES[-1]:
+                op["responses"].update(_errors({415: None}))  # not application/json
+        if not settings.api_tokens.strip():
+            op["responses"].update(_errors({403: None}))      # a public Host, no tokens
         op["responses"] = dict(sorted(op["responses"].items()))
         paths.setdefault(path, {})[route.method.lower()] = op
     return {

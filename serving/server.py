@@ -13,6 +13,10 @@ Their Prometheus metrics are kept in ``PROMETHEUS_MULTIPROC_DIR`` files, so ``/m
 on any of them reports the whole pool.
 
 HTTPS replaces HTTP when ``DRIFTLINE_API_TLS_CERT`` and ``DRIFTLINE_API_TLS_KEY`` are set.
+
+Without tokens (``DRIFTLINE_API_TOKENS``) anyone who reaches the API may score and act as
+admin, so it refuses to listen beyond loopback (:func:`check_exposure`) unless told
+``--insecure`` (a container whose port only the host reaches, say).
 """
 
 from __future__ import annotations
@@ -56,6 +60,35 @@ def configure_logging(settings: Settings) -> None:
               settings.log_entity_key)
 
 
+def check_exposure(settings: Settings, host: str, insecure: bool = False) -> None:
+    """ValueError when serving on ``host`` would open the API without tokens beyond this
+    machine (any address but loopback), unless ``insecure``; a malformed token setting is a
+    ValueError too.
+
+    >>> check_exposure(Settings(), "127.0.0.1")
+    >>> check_exposure(Settings(), "0.0.0.0", insecure=True)
+    >>> check_exposure(Settings(), "0.0.0.0")
+    Traceback (most recent call last):
+    ...
+    ValueError: refusing to serve on 0.0.0.0 without tokens: ...
+    """
+    from serving.auth import is_loopback, parse_tokens
+
+    tokens = parse_tokens(settings.api_tokens)
+    if tokens.enabled or is_loopback(host):
+        return
+    where = host or "every interface"
+    if insecure:
+        log.warning("serving on %s without tokens (--insecure): whoever reaches the port may "
+                    "score and act as admin", where)
+        return
+    raise ValueError(
+        f"refusing to serve on {where} without tokens: anyone who reaches it could score "
+        "and act as admin (promote, roll back, retrain, erase). Set DRIFTLINE_API_TOKENS "
+        "(entries from `driftline token`), or serve on loopback (--host 127.0.0.1, "
+        "DRIFTLINE_API_HOST), or pass --insecure if only trusted clients reach this address")
+
+
 def serve_one(settings: Settings, host: str, port: int,
               sock: socket.socket | None = None) -> None:
     """Serve in this process until SIGTERM or SIGINT; on ``sock`` when given (a pool's)."""
@@ -69,12 +102,13 @@ def serve_one(settings: Settings, host: str, port: int,
                 print=None, **where)
 
 
-def serve(settings: Settings, host: str, port: int, workers: int) -> int:
-    """Serve with ``workers`` processes; the exit status. ValueError names a bad setting."""
-    from serving.auth import parse_tokens
-
+def serve(settings: Settings, host: str, port: int, workers: int,
+          insecure: bool = False) -> int:
+    """Serve with ``workers`` processes; the exit status. ValueError names a bad setting, or
+    why it will not listen on ``host`` (:func:`check_exposure`)."""
     configure_logging(settings)
-    parse_tokens(settings.api_tokens)  # bad settings fail here, once, not in every process
+    # Bad settings fail here, once, not in every process; nothing is bound yet.
+    check_exposure(settings, host, insecure)
     ssl_context(settings)
     if workers <= 1:
         serve_one(settings, host, port)
