@@ -24,6 +24,7 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaException, Producer
 
 from driftline.adapters.config import Settings
+from driftline.adapters.kafka_clients import client_config
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Outputs:
 
     def __init__(self, settings: Settings) -> None:
         self._producer = Producer({
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **client_config(settings),
             "enable.idempotence": True,   # a retried send is written once
             "linger.ms": 5,
             "compression.type": "lz4",

@@ -4,6 +4,13 @@
 
     <p>.control --control--> a ``promoted`` event swaps the learner's model
     the registry's champion --reconcile (a timer)--> the same, when a promotion was missed
+
+Anyone who can produce to the control topic can send a ``promoted`` event, so one is
+checked before it is acted on (:func:`promotion_problems`, then the registry): an event
+that names no version, another pipeline, or a version the registry does not hold is
+wrong in itself and dead-lettered with the reason (``invalid_control``), and the learner
+keeps its model. A registry that does not answer is not the event's fault: the check is
+retried until it answers, holding the control agent (never the learner).
 """
 
 from __future__ import annotations
@@ -16,15 +23,44 @@ from collections.abc import Sequence
 from typing import Any
 
 from agents.consume import DeadLetters
+from agents.faust_fixes import retried
 from agents.learning import Learning
 from driftline.adapters.config import Settings
 from driftline.adapters.topic_reader import read_range
+from driftline.errors import NotFound
 from monitoring import metrics
 from online_models import evaluation
 from streams.declarations import PipelineSpec
 from streams.schemas import ControlEvent, InvalidRecord, TrainingExample, parse
 
 log = logging.getLogger(__name__)
+REGISTRY_RETRY_LONGEST_SECONDS = 5.0
+
+
+class RegistryUnavailable(Exception):
+    """The registry did not answer whether a version exists: retried, never dead-lettered."""
+
+
+def promotion_problems(event: ControlEvent, pipeline: str) -> dict[str, str]:
+    """What makes a ``promoted`` event on ``pipeline``'s control topic wrong in itself,
+    before the registry is asked (field -> reason; empty: nothing).
+
+    >>> ev = ControlEvent(kind="promoted", pipeline="fraud", at=0.0, registry_version=3)
+    >>> promotion_problems(ev, "fraud")
+    {}
+    >>> sorted(promotion_problems(ev.model_copy(update={"pipeline": "pricing",
+    ...                                                 "registry_version": None}), "fraud"))
+    ['pipeline', 'registry_version']
+    """
+    problems = {}
+    if event.registry_version is None:
+        problems["registry_version"] = "a promoted event must name a registry version"
+    elif event.registry_version < 1:
+        problems["registry_version"] = (f"{event.registry_version} is not a registry "
+                                        "version (they start at 1)")
+    if event.pipeline != pipeline:
+        problems["pipeline"] = f"names pipeline {event.pipeline!r} on {pipeline}'s control topic"
+    return problems
 
 
 class ModelSwaps:
@@ -47,8 +83,44 @@ class ModelSwaps:
                 self.deadletters.send(rec, exc, "control")
                 continue
             metrics.CONTROL_EVENTS.labels(pipeline=self.name, kind=event.kind).inc()
-            if event.kind == "promoted" and event.registry_version is not None:
-                await self.swap_to(event)
+            if event.kind != "promoted":
+                continue
+            try:
+                await self.check_promotion(event)
+            except InvalidRecord as exc:
+                self.deadletters.send(rec, exc, "control",
+                                      registry_version=event.registry_version)
+                continue
+            await self.swap_to(event)
+
+    async def check_promotion(self, event: ControlEvent) -> None:
+        """Raise :class:`InvalidRecord` when ``event`` may not be acted on: it names no
+        version, another pipeline, or a version the registry does not hold. Asks the
+        registry until it answers (a transient fault is retried, not dead-lettered)."""
+        problems = promotion_problems(event, self.name)
+        if problems:
+            raise InvalidRecord(problems)
+        version = event.registry_version
+        await retried(lambda: asyncio.to_thread(self._registered, version),
+                      RegistryUnavailable,
+                      f"{self.name}: checking registry version {version} of a promotion "
+                      "(held: the registry did not answer)",
+                      longest=REGISTRY_RETRY_LONGEST_SECONDS,
+                      on_retry=metrics.BATCH_RETRIES.labels(pipeline=self.name,
+                                                            kind="control").inc)
+
+    def _registered(self, version: int) -> None:
+        """Return when ``version`` of this pipeline is in the registry; raise
+        :class:`InvalidRecord` when the registry says it is not, and
+        :class:`RegistryUnavailable` when it does not answer."""
+        try:
+            self.registry.get(self.name, version)
+        except NotFound as exc:
+            raise InvalidRecord({"registry_version": f"{self.name} has no registry version "
+                                                     f"{version}"}) from exc
+        except Exception as exc:  # noqa: BLE001 - the registry (or opening it) failed
+            raise RegistryUnavailable(f"{self.name}: the registry did not say whether "
+                                      f"version {version} exists: {exc!r}") from exc
 
     async def reconcile(self, *_: Any) -> None:
         """Serve the registry's champion if the learner does not: a promotion whose control

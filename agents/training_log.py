@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from agents.consume import DeadLetters
 from agents.faust_fixes import RecoveredEvent, RecoveredMessage
 from driftline.adapters.config import Settings
+from driftline.adapters.kafka_clients import client_config
 from driftline.adapters.topic_reader import read_range, watermarks
 from monitoring import metrics
 from streams.schemas import InvalidRecord, TrainingExample, parse
@@ -157,7 +158,7 @@ class TrainingTail:
 
     async def run(self) -> None:
         consumer = Consumer({
-            "bootstrap.servers": self.settings.kafka_bootstrap,
+            **client_config(self.settings),
             # Required by the client, never used: partitions are assigned, not subscribed,
             # and nothing is committed (the cursor lives in the learner's checkpoint).
             "group.id": f"{self.settings.app_id}-training-tail",

@@ -36,6 +36,7 @@ from confluent_kafka import Consumer
 
 from driftline.adapters.config import Settings
 from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.kafka_clients import client_config
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import worker_process
 from driftline.tools.stack import LocalStack
@@ -90,8 +91,8 @@ def run(s: Settings, topics: PipelineTopics, pipeline: str, rate: float, seconds
         warm_labels: int) -> dict:
     latencies: list[float] = []
     stop = threading.Event()
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap,
-                         "group.id": f"bench-{uuid.uuid4().hex}", "auto.offset.reset": "latest"})
+    consumer = Consumer({**client_config(s), "group.id": f"bench-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "latest"})
     consumer.subscribe([topics.events])
     while not consumer.assignment():  # joined before the first event is sent
         consumer.poll(0.2)

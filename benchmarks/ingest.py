@@ -80,10 +80,12 @@ from benchmarks.api_load import git_commit
 from benchmarks.freshness import measure as measure_freshness
 from driftline.adapters.config import Settings
 from driftline.adapters.kafka_admin import admin, ensure_pipeline_topics, ensure_topics
+from driftline.adapters.kafka_clients import client_config
 from driftline.adapters.topic_reader import read_topic
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import ServiceProcess, worker_process
-from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.stack import LocalStack
 from driftline.tools.synthetic import produce
 from monitoring.scrape import Scrape, scrape
 from streams.generators import pipeline_history
@@ -153,8 +155,7 @@ def row(contestant: str, name: str, unit: str, events: int, seconds: float,
 def bare_consumer(s: Settings, topic: str, n: int, timeout: float) -> dict:
     """(a) confluent-kafka, batches of ``consume``, one ``json.loads`` per value."""
     spawned = time.monotonic()
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap,
-                         "group.id": s.prefixed("bare-confluent"),
+    consumer = Consumer({**client_config(s), "group.id": s.prefixed("bare-confluent"),
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     seen, first, cpu0, busy0 = 0, 0.0, 0.0, 0.0

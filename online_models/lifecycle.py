@@ -45,7 +45,10 @@ def rollback(settings: Settings, registry: Registry, pipeline: str) -> ModelVers
 
 
 def request_retrain(settings: Settings, pipeline: str, requested_by: str = "operator") -> None:
-    """Ask the retrainer for a retrain now, whatever its cool-down."""
+    """Ask the retrainer for a retrain now, whatever its cool-down. The retrainer admits
+    ``retrain_requests_per_hour`` of them per pipeline in any hour and refuses more
+    (``retrain_skipped``, reason ``rate_limited``, on the control topic): it decides, since
+    anyone who can produce to the control topic can ask without this function."""
     send_control(settings, ControlEvent(kind="retrain_requested", pipeline=pipeline,
                                         at=time.time(), reason="manual",
                                         evidence={"requested_by": requested_by}))

@@ -6,7 +6,9 @@ For each trigger on ``<pipeline>.control`` (a drift detection, or an operator's 
 
 1. skip it during the cool-down after the previous retrain, when the data after it was
    covered by that retrain already, or when the error did not rise (each with a
-   ``retrain_skipped`` event);
+   ``retrain_skipped`` event); an operator's request skips neither the cool-down nor the
+   covered data, but more than ``retrain_requests_per_hour`` of them in any hour are
+   refused (``rate_limited``): anyone who can produce to the control topic can ask;
 2. wait until ``min_after_drift`` labels arrived after the detection, so the window holds
    the new concept (giving up after ten minutes: ``retrain_skipped``, ``timeout``);
 3. read the newest ``window`` training examples, train a challenger of each candidate
@@ -25,11 +27,14 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, TopicPartition
 
 from driftline.adapters.config import Settings
+from driftline.adapters.kafka_clients import client_config
 from driftline.adapters.stores import RedisKeys, SnapshotStore, connect
 from driftline.adapters.topic_reader import read_range
 from monitoring import metrics
@@ -44,15 +49,47 @@ from streams.topics import PipelineTopics
 
 log = logging.getLogger(__name__)
 RETRAIN_OUTCOMES = ("promoted", "rejected", "failed", "skipped_timeout", "skipped_cooldown",
-                    "skipped_covered", "skipped_not_worse")
+                    "skipped_covered", "skipped_not_worse", "skipped_rate_limited")
 
 TRIGGERS = ("concept_drift", "feature_drift", "retrain_requested")
+
+
+class RequestLimit:
+    """At most ``limit`` requests admitted in any ``window`` seconds (a sliding window);
+    refused requests do not count. ``limit`` 0 admits none.
+
+    >>> limit = RequestLimit(2, window=3600.0)
+    >>> limit.admit(0.0), limit.admit(10.0), limit.admit(20.0)
+    (None, None, 3580.0)
+    >>> limit.admit(3600.0), limit.admit(3605.0)
+    (None, 5.0)
+    """
+
+    def __init__(self, limit: int, window: float = 3600.0) -> None:
+        if limit < 0:
+            raise ValueError(f"a request limit cannot be negative: {limit}")
+        self.limit = limit
+        self.window = window
+        self._admitted: deque[float] = deque()
+
+    def admit(self, now: float) -> float | None:
+        """Admit a request at ``now`` (None), or refuse it: the seconds until one would be
+        admitted (``inf`` when none ever is)."""
+        while self._admitted and self._admitted[0] <= now - self.window:
+            self._admitted.popleft()
+        if len(self._admitted) >= self.limit:
+            if not self._admitted:
+                return float("inf")
+            return self._admitted[0] + self.window - now
+        self._admitted.append(now)
+        return None
 
 
 @dataclass
 class _PipelineState:
     spec: PipelineSpec
     topics: PipelineTopics
+    requests: RequestLimit  # operators' retrain requests admitted in the last hour
     last_retrain_at: float = 0.0
     covered_until: int = -1  # the newest training offset a retrain has read
     waiting: list[ControlEvent] = field(default_factory=list)
@@ -60,12 +97,18 @@ class _PipelineState:
 
 class Retrainer:
     def __init__(self, settings: Settings, pipelines: list[str],
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.registry = registry or Registry.from_settings(settings)
+        self.clock = clock  # the rate limit's clock: this process's, not the events' `at`
+        if settings.retrain_requests_per_hour < 0:
+            raise ValueError("DRIFTLINE_RETRAIN_REQUESTS_PER_HOUR (retrain_requests_per_hour) "
+                             f"is {settings.retrain_requests_per_hour}; it must be 0 or more")
         self.state = {name: _PipelineState(PIPELINES[name],
                                            PipelineTopics.for_spec(PIPELINES[name],
-                                                                   settings.namespace))
+                                                                   settings.namespace),
+                                           RequestLimit(settings.retrain_requests_per_hour))
                       for name in pipelines}
         self._by_topic = {st.topics.control: name for name, st in self.state.items()}
         for name in pipelines:  # at 0 from the start: increase() misses a series' first count
@@ -73,7 +116,7 @@ class Retrainer:
                 metrics.RETRAINS.labels(pipeline=name, outcome=outcome)
         self.stop = threading.Event()
         self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **client_config(settings),
             "group.id": settings.prefixed("driftline-retrainer"),
             "enable.auto.commit": False,
         })
@@ -131,6 +174,15 @@ class Retrainer:
             # ADWIN watches both ways: only a rising error rate calls for a new model.
             self._skip(st, ev, "not_worse", {"direction": ev.evidence.get("direction")})
             return
+        if manual:
+            # Requests skip the cool-down, so they are limited: a producer's flood of them
+            # must not keep the retrainer retraining. The event's own `at` is not trusted.
+            wait = st.requests.admit(self.clock())
+            if wait is not None:
+                self._skip(st, ev, "rate_limited", {
+                    "requests_per_hour": st.requests.limit,
+                    "retry_after_seconds": None if wait == float("inf") else round(wait, 1)})
+                return
         since = time.time() - st.last_retrain_at
         if not manual and since < st.spec.retrain.cooldown_seconds:
             self._skip(st, ev, "cooldown", {"seconds_since_last": round(since, 1),
@@ -244,7 +296,7 @@ class Retrainer:
     def _wait_for_offset(self, topic: str, need: int, timeout: float = 600.0) -> int:
         """The training topic's end once it is past ``need``; what it reached after
         ``timeout``, or when the process is stopping."""
-        probe = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap,
+        probe = Consumer({**client_config(self.settings),
                           "group.id": f"driftline-probe-{uuid.uuid4().hex}"})
         deadline = time.monotonic() + timeout
         try:

@@ -9,22 +9,24 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from driftline.adapters.config import Settings
+from driftline.adapters.kafka_clients import client_config
 from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 
 
 def admin(settings: Settings) -> AdminClient:
-    """One AdminClient per broker address, kept for the life of the process.
+    """One AdminClient per broker address and security settings, kept for the life of
+    the process.
 
     Clients are cheap to keep and librdkafka logs "Purging unserved events" when one is
     destroyed with work pending; one client per process avoids both.
     """
-    return _admin(settings.kafka_bootstrap)
+    return _admin(tuple(sorted(client_config(settings).items())))
 
 
 @functools.cache
-def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})
+def _admin(config: tuple[tuple[str, str], ...]) -> AdminClient:
+    return AdminClient(dict(config))
 
 
 def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 30.0) -> list[str]:

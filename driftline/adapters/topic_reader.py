@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, TopicPartition
 
 from driftline.adapters.config import Settings
+from driftline.adapters.kafka_clients import client_config
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,7 @@ class TopicRecord:
 def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> Iterator[TopicRecord]:
     """Every record of ``topic`` up to the end it has now: each partition in offset order,
     partition after partition (so each key's records in the order consumers saw them)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"driftline-reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = _reader(settings)
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
@@ -69,9 +68,7 @@ def read_range(settings: Settings, topic: str, partition: int, start: int, end: 
     range was read: callers apply what they read exactly once, so a silently partial read
     would lose the rest.
     """
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"driftline-reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = _reader(settings)
     out: list[TopicRecord] = []
     reached = start  # the offset after the last record read
     try:
@@ -104,9 +101,7 @@ def watermarks(settings: Settings, topic: str, partition: int,
                timeout: float = 15.0) -> tuple[int, int]:
     """The oldest offset of a partition still held (retention deletes the ones before) and
     the offset its next record will have."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap,
-                         "group.id": f"driftline-reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
+    consumer = _reader(settings)
     try:
         return consumer.get_watermark_offsets(TopicPartition(topic, partition),
                                               timeout=timeout)
@@ -118,7 +113,7 @@ def committed_offset(settings: Settings, group: str, topic: str, partition: int,
                      timeout: float = 15.0) -> int | None:
     """The offset consumer group ``group`` committed on a partition (the next one it will
     read), or None when it committed none. Asks without joining the group."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
+    consumer = Consumer({**client_config(settings), "group.id": group,
                          "enable.auto.commit": False})
     try:
         [tp] = consumer.committed([TopicPartition(topic, partition)], timeout=timeout)
@@ -127,6 +122,13 @@ def committed_offset(settings: Settings, group: str, topic: str, partition: int,
     if tp.error is not None:
         raise RuntimeError(f"committed offset of {group} on {topic}[{partition}]: {tp.error}")
     return tp.offset if tp.offset >= 0 else None
+
+
+def _reader(settings: Settings) -> Consumer:
+    """A consumer of assigned partitions, in a group of its own that never commits."""
+    return Consumer({**client_config(settings),
+                     "group.id": f"driftline-reader-{uuid.uuid4().hex}",
+                     "enable.auto.commit": False, "auto.offset.reset": "earliest"})
 
 
 def _record(msg) -> TopicRecord:

@@ -17,12 +17,14 @@ from confluent_kafka import Producer
 
 from driftline.adapters.config import Settings
 from driftline.adapters.kafka_admin import ensure_pipeline_topics
+from driftline.adapters.kafka_clients import client_config
 from driftline.adapters.stores import RedisKeys, learner_status
 from driftline.adapters.topic_reader import read_topic
 from driftline.adapters.vectors import blocking_client
+from driftline.tools.host import free_port
 from driftline.tools.namespaces import scratch_namespace
 from driftline.tools.processes import api_process, worker_process
-from driftline.tools.stack import LocalStack, free_port
+from driftline.tools.stack import LocalStack
 from monitoring.scrape import scrape
 from serving.auth import new_token
 from streams.catalog.fraud import FRAUD
@@ -36,8 +38,9 @@ TOKEN_ENTRIES = ",".join(entry for _, entry in _MINTED.values())
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory) -> Settings:
+    LocalStack(Settings.from_env()).up()  # a no-op when `make test` brought it up already
+    # Read again: the first `up` writes the secrets (Redis's password) the clients need.
     base = Settings.from_env()
-    LocalStack(base).up()  # a no-op when `make test` brought it up already
     # The namespace is removed after the worker and API fixtures have stopped (they
     # depend on this one).
     with scratch_namespace(base, f"t{uuid.uuid4().hex[:8]}",
@@ -124,7 +127,7 @@ def own_namespace(suffix: str, pipelines: list[str]) -> tuple:
 
 
 def send(settings: Settings, topic: str, records: Iterable[tuple[str | None, bytes]]) -> int:
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    producer = Producer({**client_config(settings), "linger.ms": 5})
     n = 0
     for key, value in records:
         producer.produce(topic, key=key, value=value)
