@@ -204,7 +204,8 @@ class Settings:
 
         With ``secrets`` (the default when reading the process's own environment, not a
         given mapping), a secret left empty there is read from the files that
-        ``driftline stack up`` writes in ``<data dir>/secrets/``: the Redis password.
+        ``driftline stack up`` writes in ``<data dir>/secrets/``: the Redis password and the
+        model signing key.
         A given mapping is the whole configuration, so that it means the same on every
         machine.
 
@@ -230,11 +231,14 @@ class Settings:
                 values[f.name] = float(raw)
             else:
                 values[f.name] = raw
-        if secrets and not values.get("redis_password"):
+        if secrets:
+            # Read here, once, so that to_env() hands them to child processes, whose own
+            # data dir (a worker's state) may hold no secrets.
             data_dir = Path(values.get("data_dir", cls.data_dir))
-            password = read_secret(data_dir, REDIS_PASSWORD_FILE)
-            if password:
-                values["redis_password"] = password
+            for name, file in (("redis_password", REDIS_PASSWORD_FILE),
+                               ("model_key", MODEL_KEY_FILE)):
+                if not values.get(name) and (secret := read_secret(data_dir, file)):
+                    values[name] = secret
         return cls(**values)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -281,6 +285,7 @@ class Settings:
 # file a secret (mode 0600).
 SECRETS_DIR = "secrets"
 REDIS_PASSWORD_FILE = "redis.password"
+MODEL_KEY_FILE = "model.key"
 
 
 def secret_path(data_dir: Path, name: str) -> Path:

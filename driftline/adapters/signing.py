@@ -42,7 +42,7 @@ from pathlib import Path
 from types import BuiltinFunctionType, FunctionType, ModuleType
 from typing import Any
 
-from driftline.adapters.config import Settings
+from driftline.adapters.config import MODEL_KEY_FILE, SECRETS_DIR, Settings
 from driftline.errors import BlobRefused, Unavailable
 from monitoring import metrics
 
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"DL1"
 _DIGEST = hashlib.sha256().digest_size  # 32
-KEY_FILE = Path("secrets") / "model.key"  # under the data dir
+KEY_FILE = Path(SECRETS_DIR) / MODEL_KEY_FILE  # under the data dir
 
 NO_KEY = ("no model signing key: run `driftline stack up` (which writes "
           "<data dir>/secrets/model.key) or set DRIFTLINE_MODEL_KEY")

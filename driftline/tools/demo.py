@@ -46,8 +46,11 @@ def run_demo(settings: Settings, pipeline: str = "fraud", seconds: float = 60.0,
     print(f"== Driftline demo: the {pipeline} pipeline, learning from delayed labels ==",
           flush=True)
     LocalStack(settings).up()
-    if not settings.redis_password:  # the first `up` writes it: the clients need it
-        settings = settings.with_overrides(redis_password=Settings.from_env().redis_password)
+    if not (settings.redis_password and settings.model_key):  # the first `up` writes them
+        written = Settings.from_env()
+        settings = settings.with_overrides(
+            redis_password=settings.redis_password or written.redis_password,
+            model_key=settings.model_key or written.model_key)
     # Each demo runs in a namespace of its own, so that it starts from an untrained model
     # and never meets the event times of an earlier run (which would be late data).
     run_id = uuid.uuid4().hex[:8]

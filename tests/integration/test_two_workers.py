@@ -66,6 +66,10 @@ def test_a_second_worker_mid_stream_loses_and_doubles_nothing(pair, logs):
             starter.start()
         for starter in starters:
             starter.join()
+        # Both up: a worker that crashed at start would leave the other to do it all, and
+        # the accounting below would pass without a second worker ever joining.
+        assert all(proc.proc is not None and proc.proc.poll() is None for proc in procs), (
+            "a worker did not start: see its log under " + str(logs))
         try:
             wait_for(lambda: _updates(first) >= N, 150, f"{N} labels learned")
         except AssertionError:
