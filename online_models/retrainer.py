@@ -42,7 +42,7 @@ from monitoring.logs import annotate, bound
 from online_models import lifecycle
 from online_models.registry import Lineage, Registry
 from online_models.retrain import RetrainOutcome, latest_window, retrain
-from streams.declarations import PipelineSpec, model_name
+from streams.declarations import PipelineSpec
 from streams.pipelines import PIPELINES
 from streams.schemas import ControlEvent, InvalidRecord, TrainingExample, parse
 from streams.topics import PipelineTopics
@@ -286,7 +286,7 @@ class Retrainer:
             raise RuntimeError(f"{st.spec.name}: no serving model to register as the parent")
         lineage = Lineage(reason="bootstrap",
                           evidence={"serving_version": snap.version},
-                          spec=model_name(st.spec.model),
+                          spec=st.spec.model,  # recorded by its import path
                           declaration=st.spec.describe(), topic=st.topics.training,
                           start_offset=None, end_offset=None, start_time=None, end_time=None,
                           examples=0, parent=None)

@@ -45,7 +45,14 @@ class PipelineLoadError(RuntimeError):
 def load(sources: str = "") -> dict[str, PipelineSpec]:
     """The pipelines of the installed packages' entry points, then of ``sources`` (import
     names or file paths, comma-separated), by name."""
+    return {name: spec for name, (spec, _) in declarations(sources).items()}
+
+
+def declarations(sources: str = "") -> dict[str, tuple[PipelineSpec, str]]:
+    """:func:`load`'s pipelines, each with the module that declares it (its file, for a
+    module loaded by path)."""
     found: dict[str, tuple[PipelineSpec, str]] = {}
+    homes: dict[str, str] = {}
     origins = [(f"entry point {ep.name} = {ep.value}", ep.value)
                for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)]
     origins += [(s, s) for s in (part.strip() for part in sources.split(",")) if s]
@@ -54,18 +61,24 @@ def load(sources: str = "") -> dict[str, PipelineSpec]:
         specs = [v for v in vars(module).values() if isinstance(v, PipelineSpec)]
         if not specs:
             raise PipelineLoadError(f"{where}: the module declares no PipelineSpec")
+        home = (getattr(module, "__file__", None) or module.__name__) if _is_path(source) \
+            else module.__name__
         for spec in specs:
             if spec.name not in found:
-                found[spec.name] = (spec, where)
+                found[spec.name], homes[spec.name] = (spec, where), home
             elif found[spec.name][0] is not spec:  # the same one imported is no new pipeline
                 raise PipelineLoadError(f"pipeline {spec.name!r} is declared twice: by "
                                         f"{found[spec.name][1]} and by {where}")
-    return {name: spec for name, (spec, _) in found.items()}
+    return {name: (spec, homes[name]) for name, (spec, _) in found.items()}
+
+
+def _is_path(source: str) -> bool:
+    return source.endswith(".py") or os.sep in source or "/" in source
 
 
 def _module(where: str, source: str) -> ModuleType:
     try:
-        if source.endswith(".py") or os.sep in source or "/" in source:
+        if _is_path(source):
             return _from_file(Path(source))
         return importlib.import_module(source)
     except PipelineLoadError:
@@ -101,15 +114,19 @@ class Pipelines(Mapping[str, PipelineSpec]):
     entry points."""
 
     def __init__(self) -> None:
-        self._specs: dict[str, PipelineSpec] | None = None
+        self._declared: dict[str, tuple[PipelineSpec, str]] | None = None
 
-    def _loaded(self) -> dict[str, PipelineSpec]:
-        if self._specs is None:
-            self._specs = load(os.environ.get(ENVIRONMENT, ""))
-        return self._specs
+    def _loaded(self) -> dict[str, tuple[PipelineSpec, str]]:
+        if self._declared is None:
+            self._declared = declarations(os.environ.get(ENVIRONMENT, ""))
+        return self._declared
 
     def __getitem__(self, name: str) -> PipelineSpec:
-        return self._loaded()[name]
+        return self._loaded()[name][0]
+
+    def home(self, name: str) -> str:
+        """The module that declares pipeline ``name`` (its file, for one loaded by path)."""
+        return self._loaded()[name][1]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._loaded())
@@ -119,7 +136,7 @@ class Pipelines(Mapping[str, PipelineSpec]):
 
     def reload(self) -> None:
         """Load again on next use (after ``DRIFTLINE_PIPELINES`` changed: tests)."""
-        self._specs = None
+        self._declared = None
 
 
 PIPELINES = Pipelines()

@@ -19,7 +19,6 @@ fraud (binary): card payments scored for fraud; labels arrive with chargebacks
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -40,6 +39,7 @@ from streams.declarations import (
     SincePrevious,
     model_name,
 )
+from streams.pipelines import PIPELINES
 from streams.topics import PipelineTopics
 
 KINDS = {"binary": (base.Classifier, "classifier"), "regression": (base.Regressor, "regressor")}
@@ -91,19 +91,6 @@ def problems(spec: PipelineSpec) -> list[str]:
     return found
 
 
-def declared_in(spec: PipelineSpec) -> str:
-    """The module whose globals hold ``spec`` (its file, for a module loaded by path)."""
-    for name, module in list(sys.modules.items()):
-        try:
-            if any(value is spec for value in vars(module).values()):
-                if name.startswith("driftline_pipelines_"):  # streams.pipelines, by path
-                    return getattr(module, "__file__", None) or name
-                return name
-        except TypeError:  # an odd entry of sys.modules without a __dict__
-            continue
-    return spec.event_type.__module__
-
-
 def feature_line(f: Feature) -> str:
     """One feature, as a declaration reads.
 
@@ -135,7 +122,7 @@ def describe(spec: PipelineSpec, namespace: str = "") -> str:
     declared = {"events": spec.events_topic, "labels": spec.labels_topic}
     lines = [f"{spec.name} ({spec.task})" + (f": {spec.description}" if spec.description
                                              else ""),
-             f"  declared in  {declared_in(spec)}",
+             f"  declared in  {PIPELINES.home(spec.name)}",
              f"  events       {spec.event_type.__name__}: keyed by {spec.entity_field!r}, "
              f"event time {spec.time_field!r}, id {spec.event_id_field!r}; late by at most "
              f"{spec.allowed_lateness:g}s",
