@@ -74,8 +74,8 @@ def test_the_settings_url_authenticates(stack_settings):
 
 def test_the_password_file_is_private(stack_settings):
     path = secret_path(stack_settings.data_dir, REDIS_PASSWORD_FILE)
-    if stack_settings.redis_password != path.read_text().strip():
-        pytest.skip("the password comes from DRIFTLINE_REDIS_PASSWORD, not the stack's file")
+    assert stack_settings.redis_password == path.read_text().strip(), (
+        "the password comes from DRIFTLINE_REDIS_PASSWORD, not the stack's file")
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
